@@ -1,0 +1,66 @@
+"""Shared pytest set-up: 8 simulated CPU devices and the location of the real test data.
+
+The XLA flag must be set before JAX initialises its backends, hence at import time here.
+Tests that want one device place their arrays on ``jax.devices()[0]`` (the default).
+"""
+
+import os
+import pathlib
+import tarfile
+
+import pytest
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+if "--xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (
+        os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+    ).strip()
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+DATA_ENV = "SSLJAX_TEST_DATA"
+DEFAULT_DATA_DIR = REPO_ROOT.parent / "shared" / "data"
+
+
+def _missing(what: str) -> None:
+    """Skips a test whose data is absent, or fails it under CI=true."""
+    msg = (
+        f"{what} not found. Point {DATA_ENV} at a folder holding cifar10-jpg.tar.gz and "
+        f"mnist-t10k/ (default: {DEFAULT_DATA_DIR}, i.e. ../shared/data beside the repo)."
+    )
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(msg + " Under CI=true missing test data is a failure.")
+    pytest.skip(msg)
+
+
+@pytest.fixture(scope="session")
+def shared_data_dir() -> pathlib.Path:
+    """The folder of real test data (``$SSLJAX_TEST_DATA``, default ``../shared/data``)."""
+    path = pathlib.Path(os.environ.get(DATA_ENV, str(DEFAULT_DATA_DIR)))
+    if not path.is_dir():
+        _missing(f"Test data folder {path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def cifar10_dir(shared_data_dir: pathlib.Path, tmp_path_factory) -> pathlib.Path:
+    """CIFAR-10 JPEG folders unpacked once per session: ``<dir>/{train,test}/<class>/*.jpg``."""
+    archive = shared_data_dir / "cifar10-jpg.tar.gz"
+    if not archive.is_file():
+        _missing(f"CIFAR-10 archive {archive}")
+    out = tmp_path_factory.mktemp("cifar10")
+    with tarfile.open(archive) as tar:
+        tar.extractall(out, filter="data")
+    # The archive may hold a top-level folder; return the one that contains train/ and test/.
+    for candidate in [out, *out.iterdir()]:
+        if (candidate / "train").is_dir() and (candidate / "test").is_dir():
+            return candidate
+    raise RuntimeError(f"{archive} does not unpack to train/ and test/ folders: {list(out.iterdir())}")
+
+
+@pytest.fixture(scope="session")
+def mnist_t10k_dir(shared_data_dir: pathlib.Path) -> pathlib.Path:
+    """The folder with the original MNIST test-set IDX files."""
+    path = shared_data_dir / "mnist-t10k"
+    if not (path / "t10k-images-idx3-ubyte.gz").is_file():
+        _missing(f"MNIST test set in {path}")
+    return path
