@@ -1,0 +1,56 @@
+"""BYOL (Grill et al. 2020): presets digits (default), cifar10, random_target, imagenet.
+
+Commands:
+  python -m ssljax.main --config=configs/byol.py --workdir=/tmp/byol_digits
+  python -m ssljax.main --config=configs/byol.py:cifar10 --workdir=/tmp/byol_cifar10 \
+      --config.data.root=/path/to/cifar10   # the unpacked cifar10-jpg.tar.gz
+  python -m ssljax.main --config=configs/byol.py:imagenet --workdir=gs://bucket/byol \
+      --config.data.data_dir=gs://bucket/tfds
+
+imagenet: the paper's settings (Grill et al. 2020, sec. 3.3 and Appendix C): ResNet-50,
+batch 4096, 1000 epochs, LARS with base lr 0.2 (lr = 0.2 * batch / 256), weight decay 1.5e-6,
+10 warm-up epochs then cosine, biases and BN parameters excluded from weight decay and LARS
+adaptation, tau_base 0.996 to 1 by cosine, projector and predictor 4096-256, augmentations of
+Table 6 (blur 1.0 / 0.1, solarise 0.0 / 0.2).
+cifar10: ResNet-18 (CIFAR stem), batch 256, LARS base lr 1.0, weight decay 1e-5, tau_base 0.99,
+no blur, solarise 0.0 / 0.2 (solo-learn's scripts/pretrain/cifar/byol.yaml).
+random_target: the paper's bootstrap experiment (sec. 3.1): the target frozen at its random
+initialisation (tau = 1), the online network trained to predict it.
+"""
+
+from ssljax import config_schema
+
+PRESETS = ("digits", "cifar10", "random_target", "imagenet")
+
+
+def get_config(arg: str | None = None):
+    preset = config_schema.parse_preset(arg, PRESETS)
+    c = config_schema.base_config()
+    c.method = "byol"
+    config_schema.set_dataset(c, "cifar10" if preset == "random_target" else preset)
+    c.heads.projector_hidden = (4096,)
+    c.heads.projector_dim = 256
+    c.heads.predictor_hidden = (4096,)
+    c.heads.predictor_dim = 256
+    c.optimizer.name = "lars"
+    if preset == "imagenet":
+        c.global_batch = 4096
+        c.num_epochs = 1000.0
+        c.optimizer.base_lr = 0.2
+        c.optimizer.weight_decay = 1.5e-6
+        c.tau_base = 0.996
+    elif preset in ("cifar10", "random_target"):
+        c.optimizer.base_lr = 1.0
+        c.optimizer.weight_decay = 1e-5
+        c.tau_base = 0.99
+    else:  # digits
+        c.heads.projector_hidden = (256,)
+        c.heads.projector_dim = 64
+        c.heads.predictor_hidden = (256,)
+        c.heads.predictor_dim = 64
+        c.optimizer.base_lr = 1.0
+        c.optimizer.weight_decay = 1e-5
+        c.tau_base = 0.99
+    if preset == "random_target":
+        c.tau_base = 1.0
+    return c

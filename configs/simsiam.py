@@ -1,0 +1,63 @@
+"""SimSiam (Chen & He 2021): presets digits (default), cifar10, imagenet.
+
+Commands:
+  python -m ssljax.main --config=configs/simsiam.py --workdir=/tmp/simsiam_digits
+  python -m ssljax.main --config=configs/simsiam.py:cifar10 --workdir=/tmp/simsiam_cifar10 \
+      --config.data.root=/path/to/cifar10
+
+imagenet: the paper's settings (sec. 4, "Implementation details"): ResNet-50, batch 512, 100
+epochs, SGD momentum 0.9, lr = 0.05 * batch / 256 with cosine decay and no warm-up, weight
+decay 1e-4, the predictor's lr fixed (sec. 4.2, Table 1), projector 3 x 2048 with BN on every
+layer (the output BN without affine parameters, linear layers without bias), predictor
+2048-512-2048; augmentations as BYOL's but blur p = 0.5 on both views, no solarisation.
+cifar10: the paper's CIFAR-10 experiment (Appendix D): ResNet-18 variant, batch 512, SGD
+lr = 0.03 * batch / 256, weight decay 5e-4, momentum 0.9, projector of 2 layers of 2048 (the
+output BN without affine), predictor 2048-512-2048, no blur.
+"""
+
+from ssljax import config_schema
+
+PRESETS = ("digits", "cifar10", "imagenet")
+
+
+def get_config(arg: str | None = None):
+    preset = config_schema.parse_preset(arg, PRESETS)
+    c = config_schema.base_config()
+    c.method = "simsiam"
+    config_schema.set_dataset(c, preset)
+    c.heads.projector_hidden = (2048, 2048)
+    c.heads.projector_dim = 2048
+    c.heads.projector_use_bias = False
+    c.heads.projector_output_bn = True
+    c.heads.projector_output_bn_affine = False
+    c.heads.predictor_hidden = (512,)
+    c.heads.predictor_dim = 2048
+    c.optimizer.name = "sgd"
+    c.optimizer.momentum = 0.9
+    # The predictor keeps a constant learning rate (Chen & He 2021, Table 1 / sec. 4.2).
+    c.optimizer.fixed_lr = ("^predictor/",)
+    c.optimizer.exclude_from_weight_decay = ()  # the official code decays every parameter
+    c.warmup_epochs = 0.0
+    for view in (c.augment.view1, c.augment.view2):
+        view.solarize_prob = 0.0
+        if preset == "imagenet":
+            view.blur_prob = 0.5
+    if preset == "imagenet":
+        c.global_batch = 512
+        c.num_epochs = 100.0
+        c.optimizer.base_lr = 0.05
+        c.optimizer.weight_decay = 1e-4
+    elif preset == "cifar10":
+        c.heads.projector_hidden = (2048,)
+        c.global_batch = 512
+        c.num_epochs = 800.0
+        c.optimizer.base_lr = 0.03
+        c.optimizer.weight_decay = 5e-4
+    else:  # digits
+        c.heads.projector_hidden = (256,)
+        c.heads.projector_dim = 256
+        c.heads.predictor_hidden = (64,)
+        c.heads.predictor_dim = 256
+        c.optimizer.base_lr = 0.05
+        c.optimizer.weight_decay = 5e-4
+    return c

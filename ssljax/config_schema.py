@@ -1,0 +1,255 @@
+"""The fields every ssljax config has, their defaults, and the start-up checks on them.
+
+Each file in ``configs/`` starts from :func:`base_config` and sets its method and preset; the
+training loop calls :func:`validate` before building anything, so a typo or an impossible value
+fails in the first second with a message that names the field, not after compilation.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+# Defaults of one augmented view (BYOL's view 1, Grill et al. 2020, Table 6). Configs override
+# per view; ssljax.augment validates the keys.
+VIEW_DEFAULTS = dict(
+    crop_scale=(0.08, 1.0),
+    crop_ratio=(3.0 / 4.0, 4.0 / 3.0),
+    flip_prob=0.5,
+    jitter_prob=0.8,
+    brightness=0.4,
+    contrast=0.4,
+    saturation=0.2,
+    hue=0.1,
+    grayscale_prob=0.2,
+    blur_prob=1.0,
+    blur_sigma=(0.1, 2.0),
+    solarize_prob=0.0,
+)
+
+
+def view_config(**overrides) -> ml_collections.ConfigDict:
+    """One view's augmentation settings: :data:`VIEW_DEFAULTS` with ``overrides``."""
+    unknown = set(overrides) - set(VIEW_DEFAULTS)
+    if unknown:
+        raise ValueError(f"Unknown augmentation keys {sorted(unknown)}; valid: {sorted(VIEW_DEFAULTS)}.")
+    return ml_collections.ConfigDict({**VIEW_DEFAULTS, **overrides})
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Returns a config with every field ssljax reads, at neutral defaults."""
+    c = ml_collections.ConfigDict()
+    c.method = "byol"
+    # Method-specific loss settings (VICReg: sim/std/cov coefficients; Barlow Twins: lambd).
+    c.method_config = ml_collections.ConfigDict()
+    c.seed = 0
+
+    c.model = ml_collections.ConfigDict()
+    c.model.backbone = "resnet18_cifar"
+    c.model.backbone_kwargs = ml_collections.ConfigDict()  # e.g. width=0.5
+    # Compute dtype; params, BatchNorm statistics and losses stay float32.
+    c.model.dtype = "float32"
+
+    c.heads = ml_collections.ConfigDict()
+    c.heads.projector_hidden = (4096,)
+    c.heads.projector_dim = 256
+    c.heads.projector_use_bias = True
+    c.heads.projector_output_bn = False
+    c.heads.projector_output_bn_affine = True
+    c.heads.predictor_hidden = (4096,)
+    c.heads.predictor_dim = 256
+
+    c.data = ml_collections.ConfigDict()
+    c.data.name = "digits"
+    c.data.data_dir = "~/ssljax_data"
+    c.data.root = ""  # source folder for image_folder datasets
+    c.data.train_split = "train"
+    c.data.eval_split = "test"
+    c.data.num_workers = 0
+    c.data.image_size = 32
+    c.data.crop_in_loader = False
+
+    c.augment = ml_collections.ConfigDict()
+    c.augment.view1 = view_config()
+    c.augment.view2 = view_config(blur_prob=0.1, solarize_prob=0.2)
+
+    c.global_batch = 256
+    c.num_epochs = 100.0
+    c.num_steps = -1  # > 0 overrides num_epochs
+    c.warmup_epochs = 10.0
+
+    c.optimizer = ml_collections.ConfigDict()
+    c.optimizer.name = "lars"
+    c.optimizer.base_lr = 0.2
+    c.optimizer.weight_decay = 1.5e-6
+    c.optimizer.momentum = 0.9
+    c.optimizer.nesterov = False
+    c.optimizer.eta = 1e-3
+    c.optimizer.b1 = 0.9
+    c.optimizer.b2 = 0.999
+    c.optimizer.final_lr = 0.0
+    c.optimizer.exclude_from_weight_decay = (r"bias$", r"scale$")
+    c.optimizer.fixed_lr = ()
+
+    # EMA of the target network (BYOL): tau from tau_base to 1 by cosine. Ignored by methods
+    # without an EMA target.
+    c.tau_base = 0.996
+
+    # The online linear probe on stop_gradient(features) (BYOL's online classifier).
+    c.probe = ml_collections.ConfigDict()
+    c.probe.enabled = True
+    c.probe.lr = 1e-3  # Adam; its own optimizer, never touching the backbone
+
+    c.knn = ml_collections.ConfigDict()
+    c.knn.every_epochs = 10.0  # <= 0 disables the monitor during training
+    c.knn.k = 200
+    c.knn.temperature = 0.07
+    c.knn.at_end = True
+
+    c.checkpoint = ml_collections.ConfigDict()
+    c.checkpoint.every_steps = 1000
+    c.checkpoint.keep = 3
+    c.checkpoint.async_save = True
+
+    c.log_every_steps = 50
+    # Steps whose loss or gradient is not finite leave the state unchanged; this many in a row
+    # stop the run.
+    c.max_consecutive_nonfinite = 10
+    # Where to start from when the workdir has no checkpoint ('' = random initialisation).
+    c.init_from = ""
+    # Resume a workdir even though its config.json differs in fields that change the run.
+    c.allow_config_change = False
+    return c
+
+
+def _fail(field: str, message: str) -> None:
+    raise ValueError(f"config.{field}: {message}")
+
+
+def validate(config: ml_collections.ConfigDict, *, num_devices: int, num_processes: int = 1) -> None:
+    """Checks every value that can be checked before anything is built or compiled.
+
+    Args:
+      config: the full config.
+      num_devices: devices the global batch is sharded over.
+      num_processes: JAX processes each loading its own share of the batch.
+
+    Raises:
+      ValueError: naming the first invalid field and what to change.
+    """
+    from ssljax import methods  # late import: configs import this module
+
+    methods.get_method(config.method)
+    if config.global_batch <= 0:
+        _fail("global_batch", f"must be positive, got {config.global_batch}.")
+    if config.global_batch % num_devices:
+        _fail(
+            "global_batch",
+            f"{config.global_batch} is not divisible by the {num_devices} devices; "
+            f"use a multiple of {num_devices}.",
+        )
+    if config.global_batch % num_processes:
+        _fail(
+            "global_batch",
+            f"{config.global_batch} is not divisible by the {num_processes} processes.",
+        )
+    if config.num_steps <= 0 and config.num_epochs <= 0:
+        _fail("num_epochs", "set num_epochs > 0 or num_steps > 0.")
+    if config.warmup_epochs < 0:
+        _fail("warmup_epochs", f"must be >= 0, got {config.warmup_epochs}.")
+    if config.optimizer.base_lr < 0:
+        _fail("optimizer.base_lr", f"must be >= 0, got {config.optimizer.base_lr}.")
+    if config.optimizer.weight_decay < 0:
+        _fail("optimizer.weight_decay", f"must be >= 0, got {config.optimizer.weight_decay}.")
+    if not 0.0 <= config.tau_base <= 1.0:
+        _fail("tau_base", f"must lie in [0, 1], got {config.tau_base}.")
+    if config.model.dtype not in ("float32", "bfloat16", "float16"):
+        _fail("model.dtype", f"must be float32, bfloat16 or float16, got {config.model.dtype!r}.")
+    if config.data.image_size <= 0:
+        _fail("data.image_size", f"must be positive, got {config.data.image_size}.")
+    if config.knn.k <= 0:
+        _fail("knn.k", f"must be positive, got {config.knn.k}.")
+    if config.knn.temperature <= 0:
+        _fail("knn.temperature", f"must be positive, got {config.knn.temperature}.")
+    if config.log_every_steps <= 0:
+        _fail("log_every_steps", f"must be positive, got {config.log_every_steps}.")
+    if config.checkpoint.every_steps <= 0:
+        _fail("checkpoint.every_steps", f"must be positive, got {config.checkpoint.every_steps}.")
+    if config.checkpoint.keep <= 0:
+        _fail("checkpoint.keep", f"must be positive, got {config.checkpoint.keep}.")
+    if config.max_consecutive_nonfinite <= 0:
+        _fail("max_consecutive_nonfinite", "must be positive.")
+    if config.probe.lr < 0:
+        _fail("probe.lr", f"must be >= 0, got {config.probe.lr}.")
+
+
+def parse_preset(arg: str | None, presets: tuple[str, ...], default: str = "digits") -> str:
+    """Returns the preset named by a config argument (``f.py:cifar10`` -> ``"cifar10"``).
+
+    Raises:
+      ValueError: for an unknown preset, listing the valid ones.
+    """
+    preset = arg or default
+    if preset not in presets:
+        raise ValueError(f"Unknown preset {preset!r}; valid: {list(presets)}.")
+    return preset
+
+
+def set_dataset(c: ml_collections.ConfigDict, preset: str) -> None:
+    """Sets data, backbone, batch and evaluation settings shared by every method's preset.
+
+    * ``digits``: the embedded default -- scikit-learn's 1,797 8x8 digits, a small ResNet at
+      16x16, a couple of minutes on a 2-core CPU, nothing downloaded.
+    * ``cifar10``: CIFAR-10 from the shared JPEG folders (``image_folder``), ResNet-18 with the
+      CIFAR stem, batch 256, as the published CIFAR reproductions (solo-learn).
+    * ``imagenet``: ``imagenet2012`` from TFDS, ResNet-50, 224 pixels, crops in the loader.
+    """
+    if preset in ("digits",):
+        c.data.name = "digits"
+        c.data.image_size = 16
+        c.model.backbone = "resnet_tiny"
+        c.global_batch = 128
+        c.num_epochs = 40.0
+        c.warmup_epochs = 2.0
+        c.knn.every_epochs = 10.0
+        c.knn.k = 20
+        c.log_every_steps = 10
+        c.checkpoint.every_steps = 100
+        for view in (c.augment.view1, c.augment.view2):
+            # Digits are not natural images: no hue shifts, no flips (a flipped 2 is no 2),
+            # no blur at 16 pixels, and crops that keep most of the digit.
+            view.flip_prob = 0.0
+            view.hue = 0.0
+            view.blur_prob = 0.0
+            view.crop_scale = (0.5, 1.0)
+    elif preset.startswith("cifar10"):
+        c.data.name = "image_folder"
+        c.data.root = "../shared/data/cifar10"  # cifar10-jpg.tar.gz unpacked here
+        c.data.data_dir = "~/ssljax_data"
+        c.data.image_size = 32
+        c.model.backbone = "resnet18_cifar"
+        c.global_batch = 256
+        c.num_epochs = 1000.0
+        c.warmup_epochs = 10.0
+        c.knn.every_epochs = 50.0
+        c.knn.k = 200
+        c.log_every_steps = 50
+        c.checkpoint.every_steps = 1000
+        for view in (c.augment.view1, c.augment.view2):
+            # solo-learn's CIFAR recipes: no blur at 32 pixels.
+            view.blur_prob = 0.0
+    elif preset == "imagenet":
+        c.data.name = "imagenet2012"
+        c.data.data_dir = "~/tensorflow_datasets"
+        c.data.train_split = "train"
+        c.data.eval_split = "validation"
+        c.data.image_size = 224
+        c.data.crop_in_loader = True
+        c.data.num_workers = 16
+        c.model.backbone = "resnet50"
+        c.model.dtype = "bfloat16"
+        c.knn.every_epochs = 0.0
+        c.knn.at_end = False
+        c.log_every_steps = 100
+        c.checkpoint.every_steps = 5000
+    else:
+        raise ValueError(f"Unknown dataset preset {preset!r}.")

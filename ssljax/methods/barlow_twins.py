@@ -1,0 +1,49 @@
+"""Barlow Twins: Self-Supervised Learning via Redundancy Reduction (Zbontar et al., 2021).
+
+No target branch; the loss drives the cross-correlation of the two views' standardised
+projections towards the identity (eq. 1), see :func:`ssljax.losses.barlow_twins_loss`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+
+from ssljax import losses
+from ssljax.methods import base
+
+
+def barlow_twins_method_loss(
+    online: Sequence[base.ViewOutputs],
+    target: Sequence[base.ViewOutputs] | None,
+    method_config: Any = None,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Barlow Twins loss on the two projector outputs (Zbontar et al. 2021, eq. 1).
+
+    Args:
+      online: per-view outputs with a ``'projection'`` entry.
+      target: must be ``None``.
+      method_config: ``lambd`` (paper: 5e-3).
+
+    Returns:
+      The loss and its on- and off-diagonal terms.
+    """
+    if target is not None or len(online) != 2:
+        raise ValueError("Barlow Twins takes two views and no target branch.")
+    cfg = dict(method_config or {})
+    loss, terms = losses.barlow_twins_loss(
+        online[0]["projection"], online[1]["projection"], lambd=cfg.get("lambd", 5e-3)
+    )
+    return loss, dict(terms)
+
+
+BARLOW_TWINS = base.Method(
+    name="barlow_twins",
+    target="none",
+    has_predictor=False,
+    loss=barlow_twins_method_loss,
+    # Zbontar et al. 2021, sec. 4: projector of three 8192-wide linear layers.
+    default_heads={"projector": ((8192, 8192), 8192)},
+)

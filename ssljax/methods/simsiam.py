@@ -1,0 +1,51 @@
+"""SimSiam: Exploring Simple Siamese Representation Learning (Chen & He, 2021).
+
+The target branch is the online network itself under ``stop_gradient`` (no EMA copy is kept:
+the EMA with tau = 0). Loss (eq. 2): L = D(p_1, z_2) / 2 + D(p_2, z_1) / 2 with
+D(p, z) = -cos(p, stop_grad(z)).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+
+from ssljax import losses
+from ssljax.methods import base
+
+
+def simsiam_method_loss(
+    online: Sequence[base.ViewOutputs],
+    target: Sequence[base.ViewOutputs] | None,
+    method_config: Any = None,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Symmetrised SimSiam loss (Chen & He 2021, eq. 2).
+
+    Args:
+      online: per-view online outputs with a ``'prediction'`` entry.
+      target: per-view online projections under ``stop_gradient``.
+      method_config: unused.
+
+    Returns:
+      The loss and ``{'simsiam': loss}``.
+    """
+    del method_config
+    if target is None or len(online) != 2 or len(target) != 2:
+        raise ValueError("SimSiam needs two views and (stop-gradient) target outputs for both.")
+    loss = 0.5 * losses.simsiam_loss(
+        online[0]["prediction"], target[1]["projection"]
+    ) + 0.5 * losses.simsiam_loss(online[1]["prediction"], target[0]["projection"])
+    return loss, {"simsiam": loss}
+
+
+SIMSIAM = base.Method(
+    name="simsiam",
+    target="stop_gradient",
+    has_predictor=True,
+    loss=simsiam_method_loss,
+    # Chen & He 2021, sec. 4 "Implementation details": projector 3 layers of 2048 with BN on
+    # each (the output BN without affine), predictor 2048-512-2048.
+    default_heads={"projector": ((2048, 2048), 2048), "predictor": ((512,), 2048)},
+)

@@ -1,0 +1,112 @@
+"""Where training scalars go: TensorBoard event files, a JSON-lines file, and the console.
+
+TensorBoard's own event-file writer needs no TensorFlow (DESIGN.md, "Logging"). Only process 0
+writes (the caller decides); every writer flushes on each write so a killed job loses nothing
+it has reported.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Mapping
+
+from tensorboard.compat.proto import event_pb2, summary_pb2
+from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+
+class MetricWriter:
+    """Writes scalars to ``<logdir>/events.out.tfevents.*`` and ``<logdir>/metrics.jsonl``.
+
+    Args:
+      logdir: the folder for both files (created if missing).
+      jsonl_name: file name of the JSON-lines copy.
+    """
+
+    def __init__(self, logdir: str, jsonl_name: str = "metrics.jsonl"):
+        os.makedirs(logdir, exist_ok=True)
+        self._events = EventFileWriter(logdir)
+        self._jsonl = open(os.path.join(logdir, jsonl_name), "a", encoding="utf-8")  # noqa: SIM115
+
+    def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
+        """Writes one row of scalars at ``step`` to both files.
+
+        Args:
+          step: the global training step.
+          scalars: name -> value; values are converted to Python floats.
+        """
+        values = {k: float(v) for k, v in scalars.items()}
+        summary = summary_pb2.Summary(
+            value=[summary_pb2.Summary.Value(tag=k, simple_value=v) for k, v in values.items()]
+        )
+        self._events.add_event(event_pb2.Event(wall_time=time.time(), step=step, summary=summary))
+        self._events.flush()
+        # NaN/inf are written as strings so the file stays strict JSON.
+        row = {k: (v if math.isfinite(v) else str(v)) for k, v in values.items()}
+        self._jsonl.write(json.dumps({"step": step, **row}) + "\n")
+        self._jsonl.flush()
+
+    def close(self) -> None:
+        """Flushes and closes both files."""
+        self._events.close()
+        self._jsonl.close()
+
+
+class ProgressBar:
+    """A one-line console progress report with images/s and ETA.
+
+    On a terminal the line is redrawn in place; otherwise (log files, CI) one line is printed
+    per update so the log stays readable.
+
+    Args:
+      total_steps: the step the run ends at.
+      start_step: the step the run starts (or resumes) from.
+      images_per_step: global batch size, to convert steps/s to images/s.
+      stream: where to write (default stderr).
+    """
+
+    def __init__(self, total_steps: int, start_step: int, images_per_step: int, stream=None):
+        self.total_steps = total_steps
+        self.images_per_step = images_per_step
+        self.stream = stream or sys.stderr
+        self._tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self._last_step = start_step
+        self._last_time = time.perf_counter()
+
+    def update(self, step: int, scalars: Mapping[str, float]) -> float:
+        """Reports progress at ``step``; returns the images/s since the previous update."""
+        now = time.perf_counter()
+        steps = max(step - self._last_step, 0)
+        elapsed = max(now - self._last_time, 1e-9)
+        images_per_sec = steps * self.images_per_step / elapsed
+        eta = (self.total_steps - step) * elapsed / steps if steps else float("nan")
+        self._last_step, self._last_time = step, now
+        shown = " ".join(f"{k}={float(v):.4g}" for k, v in scalars.items())
+        line = (
+            f"step {step}/{self.total_steps} ({100.0 * step / self.total_steps:5.1f}%) "
+            f"{images_per_sec:8.1f} img/s ETA {_format_seconds(eta)} {shown}"
+        )
+        if self._tty:
+            self.stream.write("\r\033[K" + line)
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+        return images_per_sec
+
+    def close(self) -> None:
+        """Ends the in-place line on a terminal."""
+        if self._tty:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def _format_seconds(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "--:--"
+    seconds = int(seconds)
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"

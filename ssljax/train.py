@@ -1,0 +1,595 @@
+"""The one training loop of ssljax: every method, every dataset, one device or all of them.
+
+``train_and_evaluate(config, workdir)`` is the whole job; ``ssljax.main`` only parses flags.
+The sections below follow the order in which a run builds itself: checks, mesh, input, model,
+optimizer, state and shardings, the jitted step, checkpoints, and the loop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from ssljax import augment, config_schema, data, diagnostics, knn, metric_writers, methods, optim
+from ssljax import checkpointing, sharding
+from ssljax import models as models_lib
+from ssljax.models.siamese import SiameseNetwork
+from ssljax.train_state import TrainState
+
+PyTree = Any
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+# ----------------------------------------------------------------------------------------------
+# The static parts of a run: everything the step closes over.
+# ----------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Components:
+    """Modules, optimizers and schedules built from a config (nothing here changes in a run)."""
+
+    method: methods.Method
+    online_net: SiameseNetwork
+    target_net: SiameseNetwork
+    probe: nn.Module
+    tx: optax.GradientTransformation
+    probe_tx: optax.GradientTransformation
+    lr_schedule: optax.Schedule
+    tau_schedule: optax.Schedule
+    augment_fn: Callable[[jax.Array, jax.Array], tuple[jax.Array, ...]]
+    eval_preprocess: Callable[[jax.Array], jax.Array]
+    dataset_info: Any
+    total_steps: int
+    steps_per_epoch: int
+    warmup_steps: int
+
+
+def build_heads(config: ml_collections.ConfigDict, method: methods.Method, dtype) -> tuple:
+    """Returns the projector and (or ``None``) the predictor MLPs the config asks for."""
+    h = config.heads
+    projector = models_lib.MLP(
+        hidden_dims=tuple(h.projector_hidden),
+        output_dim=h.projector_dim,
+        output_bn=h.projector_output_bn,
+        output_bn_affine=h.projector_output_bn_affine,
+        use_bias=h.projector_use_bias,
+        dtype=dtype,
+    )
+    predictor = None
+    if method.has_predictor:
+        predictor = models_lib.MLP(
+            hidden_dims=tuple(h.predictor_hidden), output_dim=h.predictor_dim, dtype=dtype
+        )
+    return projector, predictor
+
+
+def build_components(
+    config: ml_collections.ConfigDict, dataset_info: Any, *, num_train_examples: int
+) -> Components:
+    """Builds every static part of a run from ``config``.
+
+    Args:
+      config: a validated config.
+      dataset_info: ``ssljax.data.DatasetInfo`` of the training set.
+      num_train_examples: size of the training split, for epochs -> steps.
+
+    Returns:
+      The run's :class:`Components`.
+    """
+    method = methods.get_method(config.method)
+    dtype = DTYPES[config.model.dtype]
+    backbone = models_lib.create_backbone(
+        config.model.backbone, dtype=dtype, **dict(config.model.backbone_kwargs)
+    )
+    projector, predictor = build_heads(config, method, dtype)
+    online_net = SiameseNetwork(backbone=backbone, projector=projector, predictor=predictor)
+    target_net = SiameseNetwork(backbone=backbone, projector=projector, predictor=None)
+    probe = nn.Dense(dataset_info.num_classes, name="probe")
+
+    steps_per_epoch = max(num_train_examples // config.global_batch, 1)
+    if config.num_steps > 0:
+        total_steps = int(config.num_steps)
+    else:
+        total_steps = max(int(math.ceil(config.num_epochs * steps_per_epoch)), 1)
+    warmup_steps = min(int(round(config.warmup_epochs * steps_per_epoch)), total_steps)
+
+    # The optimizer is built against the shapes of the online params, so their paths can be
+    # matched by the weight-decay and fixed-lr masks.
+    abstract_params = jax.eval_shape(
+        lambda: _init_variables(
+            online_net, jax.random.PRNGKey(0), config.data.image_size, dataset_info
+        )["params"]
+    )
+    tx, lr_schedule = optim.build_optimizer(
+        config.optimizer,
+        abstract_params,
+        global_batch=config.global_batch,
+        total_steps=total_steps,
+        warmup_steps=warmup_steps,
+    )
+    probe_tx = optax.adam(config.probe.lr) if config.probe.enabled else optax.set_to_zero()
+    tau_schedule = optim.byol_tau_schedule(config.tau_base, total_steps)
+
+    mean, std = dataset_info.mean, dataset_info.std
+    augment_fn = augment.build_augment(
+        [config.augment.view1, config.augment.view2],
+        output_size=config.data.image_size,
+        mean=mean,
+        std=std,
+        crop=not config.data.crop_in_loader,
+    )
+    eval_preprocess = functools.partial(
+        augment.preprocess_eval, output_size=config.data.image_size, mean=mean, std=std
+    )
+    return Components(
+        method=method,
+        online_net=online_net,
+        target_net=target_net,
+        probe=probe,
+        tx=tx,
+        probe_tx=probe_tx,
+        lr_schedule=lr_schedule,
+        tau_schedule=tau_schedule,
+        augment_fn=augment_fn,
+        eval_preprocess=eval_preprocess,
+        dataset_info=dataset_info,
+        total_steps=total_steps,
+        steps_per_epoch=steps_per_epoch,
+        warmup_steps=warmup_steps,
+    )
+
+
+def _init_variables(net: SiameseNetwork, rng: jax.Array, image_size: int, dataset_info: Any):
+    channels = (dataset_info.image_shape or (image_size, image_size, 3))[-1]
+    # Two examples so that BatchNorm's batch statistics are defined at initialisation.
+    dummy = jnp.zeros((2, image_size, image_size, channels), jnp.float32)
+    return net.init(rng, dummy, train=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# State.
+# ----------------------------------------------------------------------------------------------
+def init_state(comps: Components, config: ml_collections.ConfigDict, rng: jax.Array) -> TrainState:
+    """Initial train state: online params, target copy (EMA methods), optimizers, probe.
+
+    Args:
+      comps: the run's components.
+      config: the run's config.
+      rng: PRNG key; split into model init, probe init and the training stream.
+
+    Returns:
+      A :class:`TrainState` at step 0.
+    """
+    init_rng, probe_rng, train_rng = jax.random.split(rng, 3)
+    variables = _init_variables(comps.online_net, init_rng, config.data.image_size, comps.dataset_info)
+    params, batch_stats = variables["params"], variables.get("batch_stats", {})
+    feat_shape = jax.eval_shape(
+        lambda p, b: comps.online_net.apply(
+            {"params": p, "batch_stats": b},
+            jnp.zeros((2, config.data.image_size, config.data.image_size, 3)),
+            train=False,
+        )["features"],
+        params,
+        batch_stats,
+    )
+    probe_params = comps.probe.init(probe_rng, jnp.zeros(feat_shape.shape, jnp.float32))["params"]
+    if comps.method.target == "ema":
+        # The target starts as an exact copy of the online backbone and projector
+        # (Grill et al. 2020, Algorithm 1: xi <- theta).
+        target_params = {k: v for k, v in params.items() if k != "predictor"}
+        target_batch_stats = {k: v for k, v in batch_stats.items() if k != "predictor"}
+    else:
+        target_params, target_batch_stats = {}, {}
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        batch_stats=batch_stats,
+        opt_state=comps.tx.init(params),
+        probe_params=probe_params,
+        probe_opt_state=comps.probe_tx.init(probe_params),
+        target_params=target_params,
+        target_batch_stats=target_batch_stats,
+        rng=train_rng,
+        nonfinite_count=jnp.zeros((), jnp.int32),
+        nonfinite_total=jnp.zeros((), jnp.int32),
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# The train step: pure, jitted once, the same for every method.
+# ----------------------------------------------------------------------------------------------
+def _forward_views(net, params, batch_stats, views):
+    """Applies ``net`` in train mode to each view in turn, threading BatchNorm statistics.
+
+    Each view is its own batch for BatchNorm, as in the official implementations, which call
+    the network once per view.
+    """
+    outputs = []
+    for view in views:
+        out, updates = net.apply(
+            {"params": params, "batch_stats": batch_stats}, view, train=True, mutable=["batch_stats"]
+        )
+        batch_stats = updates["batch_stats"]
+        outputs.append(out)
+    return outputs, batch_stats
+
+
+def _all_finite(tree: PyTree) -> jax.Array:
+    leaves = jax.tree.leaves(tree)
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
+def make_train_step(
+    comps: Components, config: ml_collections.ConfigDict
+) -> Callable[[TrainState, Mapping[str, jax.Array]], tuple[TrainState, dict[str, jax.Array]]]:
+    """Returns the pure ``train_step(state, batch) -> (state, metrics)``.
+
+    The step augments both views (on device), runs the online network on each, the target
+    branch by the method's policy, the method's loss, the online probe on
+    ``stop_gradient(features)``, the optimizer, and the EMA update of the target. A step whose
+    loss or gradients are not finite leaves the state unchanged (but for the counters), decided
+    on device with no host round-trip.
+    """
+    method = comps.method
+    method_config = dict(config.method_config)
+    probe_enabled = bool(config.probe.enabled)
+
+    def train_step(state: TrainState, batch: Mapping[str, jax.Array]):
+        step_rng = jax.random.fold_in(state.rng, state.step)
+        views = comps.augment_fn(step_rng, batch["image"])
+        labels = batch["label"]
+
+        # Target branch of EMA methods: its own params, no gradient (Grill et al. 2020, eq. 2's
+        # sg(.)); stop_gradient is kept although the params are separate, to state intent.
+        if method.target == "ema":
+            target_out, new_target_bs = _forward_views(
+                comps.target_net, state.target_params, state.target_batch_stats, views
+            )
+            target_out = jax.lax.stop_gradient(target_out)
+        else:
+            target_out, new_target_bs = None, state.target_batch_stats
+
+        def loss_fn(params, probe_params):
+            online_out, new_bs = _forward_views(comps.online_net, params, state.batch_stats, views)
+            if method.target == "stop_gradient":
+                # SimSiam: the target is the online network itself, without gradient.
+                target = [jax.lax.stop_gradient(o) for o in online_out]
+            else:
+                target = target_out
+            ssl_loss, terms = method.loss(online_out, target, method_config)
+            # The probe sees features under stop_gradient: it cannot move the backbone.
+            feats = jax.lax.stop_gradient(online_out[0]["features"])
+            logits = comps.probe.apply({"params": probe_params}, feats)
+            probe_loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+            total = ssl_loss + (probe_loss if probe_enabled else 0.0)
+            return total, (ssl_loss, terms, new_bs, online_out, logits, probe_loss)
+
+        grad_fn = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)
+        (_, aux), (grads, probe_grads) = grad_fn(state.params, state.probe_params)
+        ssl_loss, terms, new_bs, online_out, logits, probe_loss = aux
+
+        updates, new_opt_state = comps.tx.update(grads, state.opt_state, state.params)
+        new_params = optax.apply_updates(state.params, updates)
+        probe_updates, new_probe_opt = comps.probe_tx.update(
+            probe_grads, state.probe_opt_state, state.probe_params
+        )
+        new_probe_params = optax.apply_updates(state.probe_params, probe_updates)
+
+        tau = comps.tau_schedule(state.step)
+        if method.target == "ema":
+            # xi <- tau * xi + (1 - tau) * theta, after the online update (Algorithm 1).
+            online_no_pred = {k: v for k, v in new_params.items() if k != "predictor"}
+            new_target = optim.update_target(online_no_pred, state.target_params, tau)
+        else:
+            new_target = state.target_params
+
+        finite = jnp.isfinite(ssl_loss) & _all_finite(grads)
+        proposed = state.replace(
+            step=state.step + 1,
+            params=new_params,
+            batch_stats=new_bs,
+            opt_state=new_opt_state,
+            probe_params=new_probe_params,
+            probe_opt_state=new_probe_opt,
+            target_params=new_target,
+            target_batch_stats=new_target_bs,
+        )
+        # A non-finite step only advances the step and the counters: the params, optimizer
+        # state and statistics of the last good step are kept.
+        kept = state.replace(step=state.step + 1)
+        new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), proposed, kept)
+        new_state = new_state.replace(
+            nonfinite_count=jnp.where(finite, 0, state.nonfinite_count + 1),
+            nonfinite_total=state.nonfinite_total + jnp.where(finite, 0, 1),
+        )
+
+        z = online_out[0]["projection"]
+        metrics = {
+            "loss": ssl_loss,
+            **{f"loss_{k}": v for k, v in terms.items()},
+            "lr": comps.lr_schedule(state.step),
+            "probe_loss": probe_loss,
+            "probe_accuracy": jnp.mean(jnp.argmax(logits, -1) == labels),
+            # Collapse monitors: ~1/sqrt(d) healthy, 0 collapsed (Chen & He 2021, Fig. 2).
+            "proj_std": diagnostics.normalized_std(z),
+            "proj_std_x_sqrt_d": diagnostics.normalized_std(z) * jnp.sqrt(z.shape[-1] * 1.0),
+            "feature_rankme": diagnostics.rankme(online_out[0]["features"]),
+            "grad_norm": optax.global_norm(grads),
+            "step_finite": finite.astype(jnp.float32),
+            "nonfinite_total": new_state.nonfinite_total.astype(jnp.float32),
+        }
+        if method.target == "ema":
+            metrics["tau"] = tau
+        return new_state, metrics
+
+    return train_step
+
+
+# ----------------------------------------------------------------------------------------------
+# Features for the kNN monitor and evaluation.
+# ----------------------------------------------------------------------------------------------
+def make_feature_fn(comps: Components) -> Callable[[TrainState, jax.Array], jax.Array]:
+    """Returns ``features(state, uint8_images) -> [B, D]``: eval preprocessing, eval-mode BN."""
+
+    def features(state: TrainState, images: jax.Array) -> jax.Array:
+        x = comps.eval_preprocess(images)
+        return comps.online_net.apply(
+            {"params": state.params, "batch_stats": state.batch_stats},
+            x,
+            method=SiameseNetwork.features,
+        )
+
+    return features
+
+
+def compute_features(
+    feature_fn: Callable[[Any, jax.Array], jax.Array],
+    variables: Any,
+    batches: Iterator[Mapping[str, np.ndarray]],
+    mesh: jax.sharding.Mesh,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Features and labels of every example in ``batches`` (a single pass, any final size).
+
+    The last, short batch is padded to a multiple of the device count and the padding dropped,
+    so every example is seen exactly once.
+    """
+    n_dev = mesh.devices.size
+    in_sharding = sharding.batch_sharding(mesh)
+    fn = jax.jit(feature_fn, out_shardings=sharding.replicated(mesh))
+    feats, labels = [], []
+    for batch in batches:
+        images = np.asarray(batch["image"])
+        n = images.shape[0]
+        pad = (-n) % n_dev
+        if pad:
+            images = np.concatenate([images, np.repeat(images[-1:], pad, axis=0)])
+        x = jax.make_array_from_process_local_data(in_sharding, images)
+        feats.append(np.asarray(fn(variables, x))[:n])
+        labels.append(np.asarray(batch["label"]))
+    return np.concatenate(feats), np.concatenate(labels)
+
+
+def run_knn_monitor(
+    config: ml_collections.ConfigDict,
+    comps: Components,
+    state: TrainState,
+    mesh: jax.sharding.Mesh,
+    feature_fn,
+) -> dict[str, float]:
+    """Weighted kNN top-1 on the eval split against the train split (Wu et al. 2018)."""
+    start = time.perf_counter()
+    loaders = {
+        split: data.make_loader(
+            config.data,
+            split=split,
+            global_batch=config.global_batch,
+            seed=config.seed,
+            shuffle=False,
+            drop_remainder=False,
+            num_epochs=1,
+            for_eval=True,
+        )
+        for split in (config.data.train_split, config.data.eval_split)
+    }
+    train_x, train_y = compute_features(feature_fn, state, iter(loaders[config.data.train_split]), mesh)
+    test_x, test_y = compute_features(feature_fn, state, iter(loaders[config.data.eval_split]), mesh)
+    acc = knn.knn_accuracy(
+        train_x,
+        train_y,
+        test_x,
+        test_y,
+        k=config.knn.k,
+        temperature=config.knn.temperature,
+        num_classes=comps.dataset_info.num_classes,
+    )
+    logging.info("kNN monitor: top-1 %.2f%% in %.1fs", 100 * acc, time.perf_counter() - start)
+    return {"knn_top1": acc}
+
+
+# ----------------------------------------------------------------------------------------------
+# The job.
+# ----------------------------------------------------------------------------------------------
+def _save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+        f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+    """Pretrains ``config.method`` on ``config.data`` into ``workdir``, resuming if possible.
+
+    Args:
+      config: the run's config (see ``configs/`` and ``ssljax.config_schema``).
+      workdir: where checkpoints, ``config.json``, TensorBoard events and ``metrics.jsonl`` go.
+
+    Returns:
+      The last logged scalars (and the final kNN accuracy when measured).
+
+    Raises:
+      ValueError: for an invalid config, before anything is compiled.
+    """
+    # 1. Checks first: a typo must cost a second, not a compilation.
+    workdir = os.path.abspath(os.path.expanduser(workdir))
+    config_schema.validate(
+        config, num_devices=jax.device_count(), num_processes=jax.process_count()
+    )
+    os.makedirs(workdir, exist_ok=True)
+    is_main = jax.process_index() == 0
+
+    # Mesh: the global batch split over every device of every process.
+    mesh = sharding.make_mesh()
+    data_sharding = sharding.batch_sharding(mesh)
+    repl = sharding.replicated(mesh)
+    logging.info(
+        "Devices: %d (%s) in %d process(es); global batch %d.",
+        jax.device_count(),
+        jax.devices()[0].platform,
+        jax.process_count(),
+        config.global_batch,
+    )
+
+    # Input.
+    info = data.get_dataset_info(config.data)
+    num_train = info.split_sizes[config.data.train_split]
+    comps = build_components(config, info, num_train_examples=num_train)
+    logging.info(
+        "%s on %s: %d train examples, %d steps/epoch, %d steps (%d warm-up).",
+        config.method,
+        info.name,
+        num_train,
+        comps.steps_per_epoch,
+        comps.total_steps,
+        comps.warmup_steps,
+    )
+
+    # State, created directly with its sharding (replicated) so no host copy is made.
+    # A raw uint32 key: checkpointable as a plain array and selectable with jnp.where.
+    rng = jax.random.PRNGKey(config.seed)
+    state_shapes = jax.eval_shape(functools.partial(init_state, comps, config), rng)
+    state_sharding = jax.tree.map(lambda _: repl, state_shapes)
+    ckpt = checkpointing.Checkpointer(
+        os.path.join(workdir, "checkpoints"),
+        keep=config.checkpoint.keep,
+        async_save=config.checkpoint.async_save,
+    )
+    # Resume order: (1) the newest checkpoint in the workdir, (2) config.init_from,
+    # (3) random initialisation.
+    restored = ckpt.restore_latest(state_shapes, state_sharding)
+    if restored is not None:
+        state, loader_state = restored
+        checkpointing.check_config_matches(config, workdir)
+        logging.info("Resumed from step %d of %s.", int(state.step), workdir)
+    else:
+        loader_state = None
+        state = jax.jit(functools.partial(init_state, comps, config), out_shardings=state_sharding)(rng)
+        if config.init_from:
+            state = checkpointing.load_params_from(config.init_from, state, state_sharding)
+        if is_main:
+            _save_config(config, workdir)
+    start_step = int(state.step)
+
+    train_loader = data.make_loader(
+        config.data,
+        split=config.data.train_split,
+        global_batch=config.global_batch,
+        seed=config.seed,
+        shuffle=True,
+        drop_remainder=True,
+    )
+    train_iter = iter(train_loader)
+    if loader_state is not None:
+        train_iter.set_state(loader_state)
+    batches = data.device_prefetch(train_iter, data_sharding, size=2)
+
+    # The step: compiled once, state donated so its buffers are reused in place.
+    train_step = jax.jit(
+        make_train_step(comps, config),
+        in_shardings=(state_sharding, data_sharding),
+        out_shardings=(state_sharding, repl),
+        donate_argnums=(0,),
+    )
+    feature_fn = make_feature_fn(comps)
+
+    writer = metric_writers.MetricWriter(workdir) if is_main else None
+    progress = (
+        metric_writers.ProgressBar(comps.total_steps, start_step, config.global_batch)
+        if is_main
+        else None
+    )
+    knn_every = (
+        int(round(config.knn.every_epochs * comps.steps_per_epoch))
+        if config.knn.every_epochs > 0
+        else 0
+    )
+    last: dict[str, float] = {}
+    pending: list[tuple[int, dict[str, jax.Array]]] = []
+    t0 = time.perf_counter()
+    step = start_step
+    try:
+        for step in range(start_step + 1, comps.total_steps + 1):
+            batch = next(batches)
+            state, metrics = train_step(state, batch)
+            # Metrics stay on device; they are fetched only every log_every_steps, so the host
+            # never waits for a step to finish in between.
+            pending.append((step, metrics))
+            if step % config.log_every_steps == 0 or step == comps.total_steps:
+                fetched = jax.device_get(pending)
+                pending = []
+                for s, m in fetched:
+                    if writer:
+                        writer.write_scalars(s, m)
+                last = {k: float(v) for k, v in fetched[-1][1].items()}
+                if progress:
+                    ips = progress.update(
+                        step, {k: last[k] for k in ("loss", "probe_accuracy") if k in last}
+                    )
+                    if writer:
+                        writer.write_scalars(step, {"images_per_sec": ips})
+                if int(state.nonfinite_count) >= config.max_consecutive_nonfinite:
+                    raise FloatingPointError(
+                        f"{int(state.nonfinite_count)} consecutive non-finite steps ending at "
+                        f"step {step}; last good checkpoint: step {ckpt.latest_step()} in "
+                        f"{ckpt.directory}. Lower optimizer.base_lr or check the data."
+                    )
+            if step % config.checkpoint.every_steps == 0 and step != comps.total_steps:
+                ckpt.save(step, state, batches.consumed_state())
+            if knn_every and step % knn_every == 0 and step != comps.total_steps:
+                res = run_knn_monitor(config, comps, state, mesh, feature_fn)
+                if writer:
+                    writer.write_scalars(step, res)
+    finally:
+        if progress:
+            progress.close()
+    # Final checkpoint, written synchronously so nothing is lost when the process exits.
+    if int(state.step) > start_step:
+        ckpt.save(int(state.step), state, batches.consumed_state(), force=True)
+    ckpt.wait()
+    elapsed = time.perf_counter() - t0
+    done = int(state.step) - start_step
+    last["wall_time_s"] = elapsed
+    if done:
+        last["images_per_sec_overall"] = done * config.global_batch / elapsed
+    if config.knn.at_end:
+        res = run_knn_monitor(config, comps, state, mesh, feature_fn)
+        last.update(res)
+        if writer:
+            writer.write_scalars(int(state.step), res)
+    if writer:
+        writer.close()
+        with open(os.path.join(workdir, "summary.json"), "w", encoding="utf-8") as f:
+            json.dump({"step": int(state.step), **last}, f, indent=2)
+    batches.close()
+    ckpt.close()
+    return last
