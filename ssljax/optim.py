@@ -1,0 +1,565 @@
+"""Optimizers, learning-rate and target-EMA schedules, and parameter masks.
+
+Everything here is an optax object so the training loop treats all methods alike:
+
+* :func:`warmup_cosine_lr`: linear warmup then cosine decay of ``base_lr * batch / 256``
+  (Goyal et al. 2017 scaling; the schedule of BYOL and SimCLR).
+* :func:`byol_tau_schedule` and :func:`update_target`: BYOL's target network EMA
+  (Grill et al. 2020, sec. 3.2).
+* :func:`byol_lars`, :func:`sgd`, :func:`adamw`: the optimizers, with weight-decay masks built
+  by :func:`path_mask` from regexes over parameter paths ('backbone/conv_init/kernel').
+* :func:`build_optimizer`: all of the above from an ``ml_collections`` config, with
+  per-group learning rates through ``optax.multi_transform`` (SimSiam's fixed predictor rate).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+__all__ = [
+    "DEFAULT_EXCLUDE_FROM_WEIGHT_DECAY",
+    "OPTIMIZERS",
+    "adamw",
+    "build_optimizer",
+    "byol_lars",
+    "byol_tau_schedule",
+    "matching_paths",
+    "param_paths",
+    "path_mask",
+    "sgd",
+    "update_target",
+    "warmup_cosine_lr",
+]
+
+# Flax names the additive parameters of Dense/Conv and of BatchNorm/LayerNorm/GroupNorm `bias`
+# and the multiplicative ones of the normalisation layers `scale`; kernels and embeddings have
+# other names. BYOL excludes exactly these from weight decay and from the LARS trust ratio.
+DEFAULT_EXCLUDE_FROM_WEIGHT_DECAY: tuple[str, ...] = (r"bias$", r"scale$")
+
+# How many parameter paths an error message shows before abbreviating.
+_MAX_PATHS_IN_ERROR = 24
+
+Mask = Any  # A bool pytree shaped like the params (or a prefix of it), or a function giving one.
+
+
+# ----------------------------------------------------------------------------------------------
+# Schedules
+# ----------------------------------------------------------------------------------------------
+
+
+def warmup_cosine_lr(
+    base_lr: float,
+    *,
+    global_batch: int,
+    total_steps: int,
+    warmup_steps: int,
+    final_lr: float = 0.0,
+) -> optax.Schedule:
+    r"""Linear warmup then cosine decay of the batch-scaled learning rate.
+
+    With peak = ``base_lr * global_batch / 256`` (the linear scaling rule of Goyal et al. 2017
+    used by SimCLR, BYOL, SimSiam and VICReg), W = ``warmup_steps``, K = ``total_steps`` and
+    f = ``final_lr``, the rate at step k (0-based, the optimizer's update count) is::
+
+        lr(k) = peak * k / W                                              if k < W
+        lr(k) = f + (peak - f) * (1 + cos(pi * min(k - W, K - W) / (K - W))) / 2   if k >= W
+
+    so lr(0) = 0 when W > 0, the peak is reached at k = W, and lr(K) = f (held beyond K).
+    With f = 0 this is ``learning_schedule`` of the official BYOL code (utils/schedules.py).
+
+    Args:
+        base_lr: Learning rate for a batch of 256; >= 0.
+        global_batch: Batch size summed over all devices and hosts; >= 1.
+        total_steps: K, the number of optimizer steps of the run; >= 1.
+        warmup_steps: W, the length of the linear warmup; 0 <= W < K.
+        final_lr: f, the rate reached at step K (absolute, not scaled by the batch); >= 0.
+
+    Returns:
+        An ``optax.Schedule`` mapping an integer step to a float32 learning rate.
+
+    Raises:
+        ValueError: If an argument is out of the ranges above.
+    """
+    _check_nonnegative("base_lr", base_lr)
+    _check_nonnegative("final_lr", final_lr)
+    if int(global_batch) < 1:
+        raise ValueError(f"global_batch must be >= 1, got {global_batch}.")
+    if int(total_steps) < 1:
+        raise ValueError(f"total_steps must be >= 1, got {total_steps}.")
+    if not 0 <= int(warmup_steps) < int(total_steps):
+        raise ValueError(
+            f"warmup_steps must satisfy 0 <= warmup_steps < total_steps={total_steps}, "
+            f"got {warmup_steps}; shorten the warmup or lengthen the run."
+        )
+    peak = float(base_lr) * int(global_batch) / 256.0
+    warmup, total, final = int(warmup_steps), int(total_steps), float(final_lr)
+    decay_steps = total - warmup
+
+    def schedule(step: jax.typing.ArrayLike) -> jax.Array:
+        k = jnp.asarray(step, jnp.float32)
+        # max(W, 1) keeps the unused branch finite when W = 0 (jnp.where evaluates both).
+        warm = peak * k / max(warmup, 1)
+        progress = jnp.clip(k - warmup, 0.0, decay_steps) / decay_steps
+        cosine = final + (peak - final) * 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
+        return jnp.where(k < warmup, warm, cosine).astype(jnp.float32)
+
+    return schedule
+
+
+def byol_tau_schedule(tau_base: float, total_steps: int) -> optax.Schedule:
+    r"""BYOL's target decay rate, increased from ``tau_base`` to 1 by a cosine.
+
+    Grill et al. 2020, sec. 3.2: with K = ``total_steps`` and k the training step,
+
+        tau_k = 1 - (1 - tau_base) * (cos(pi * k / K) + 1) / 2,
+
+    so tau_0 = tau_base and tau_K = 1 (k is clipped to K beyond the end). This is
+    ``target_ema`` of the official BYOL code. SimSiam (target = online under stop-gradient)
+    needs tau = 0 at every step, which is a constant, not this schedule with tau_base = 0.
+
+    Args:
+        tau_base: The initial rate, in [0, 1] (0.996 for BYOL at batch 4096).
+        total_steps: K, the number of training steps; >= 1.
+
+    Returns:
+        An ``optax.Schedule`` mapping an integer step to a float32 tau.
+
+    Raises:
+        ValueError: If ``tau_base`` is outside [0, 1] or ``total_steps`` < 1.
+    """
+    if not 0.0 <= float(tau_base) <= 1.0:
+        raise ValueError(f"tau_base must be in [0, 1], got {tau_base}.")
+    if int(total_steps) < 1:
+        raise ValueError(f"total_steps must be >= 1, got {total_steps}.")
+    tau_base, total = float(tau_base), int(total_steps)
+
+    def schedule(step: jax.typing.ArrayLike) -> jax.Array:
+        k = jnp.minimum(jnp.asarray(step, jnp.float32), total)
+        return (1.0 - (1.0 - tau_base) * (jnp.cos(jnp.pi * k / total) + 1.0) / 2.0).astype(
+            jnp.float32
+        )
+
+    return schedule
+
+
+def update_target(online_params: Any, target_params: Any, tau: jax.typing.ArrayLike) -> Any:
+    """BYOL's target update xi <- tau * xi + (1 - tau) * theta (Grill et al. 2020, eq. 1).
+
+    Args:
+        online_params: theta, the online network's parameters.
+        target_params: xi, the target network's parameters (same tree structure).
+        tau: The decay rate, a Python float or a scalar array (may be traced under jit).
+
+    Returns:
+        The new target parameters, a tree like ``target_params``.
+    """
+    return optax.incremental_update(online_params, target_params, step_size=1.0 - tau)
+
+
+# ----------------------------------------------------------------------------------------------
+# Parameter paths and masks
+# ----------------------------------------------------------------------------------------------
+
+
+def _key_name(key: Any) -> str:
+    # Flax params are nested dicts (DictKey); lists/tuples and dataclasses can appear in
+    # user trees, so the other key kinds are named too.
+    if isinstance(key, jax.tree_util.DictKey):
+        return str(key.key)
+    if isinstance(key, jax.tree_util.SequenceKey):
+        return str(key.idx)
+    if isinstance(key, jax.tree_util.GetAttrKey):
+        return key.name
+    if isinstance(key, jax.tree_util.FlattenedIndexKey):
+        return str(key.key)
+    return str(key)
+
+
+def _path_str(key_path: Sequence[Any]) -> str:
+    return "/".join(_key_name(k) for k in key_path)
+
+
+def param_paths(params: Any) -> list[str]:
+    """Lists the '/'-joined path of every leaf, e.g. ``'projector/bn_0/scale'``.
+
+    Args:
+        params: A pytree of parameters (Flax params are nested dicts).
+
+    Returns:
+        The paths in ``jax.tree`` leaf order.
+    """
+    return [_path_str(path) for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+
+
+def _as_patterns(patterns: str | Sequence[str], name: str) -> tuple[str, ...]:
+    # A lone string is one pattern: `('bias$')` (a string, not a tuple) is the usual slip in
+    # configs, and reading it character by character would match almost everything.
+    if isinstance(patterns, str):
+        patterns = (patterns,)
+    if not isinstance(patterns, Sequence) or not all(isinstance(p, str) for p in patterns):
+        raise ValueError(f"{name} must be a sequence of regex strings, got {patterns!r}.")
+    for p in patterns:
+        try:
+            re.compile(p)
+        except re.error as e:
+            raise ValueError(f"{name} holds an invalid regex {p!r}: {e}.") from e
+    return tuple(patterns)
+
+
+def _abbreviated(paths: Sequence[str]) -> str:
+    shown = "\n  ".join(paths[:_MAX_PATHS_IN_ERROR])
+    more = len(paths) - _MAX_PATHS_IN_ERROR
+    return shown + (f"\n  ... and {more} more" if more > 0 else "")
+
+
+def matching_paths(params: Any, patterns: str | Sequence[str]) -> list[str]:
+    """Lists the parameter paths in which at least one regex is found (``re.search``).
+
+    Args:
+        params: A pytree of parameters.
+        patterns: Regexes searched in each '/'-joined path (a lone string is one pattern).
+
+    Returns:
+        The matching paths in leaf order; no check that every pattern matched.
+
+    Raises:
+        ValueError: If ``patterns`` is not a sequence of valid regexes.
+    """
+    compiled = [re.compile(p) for p in _as_patterns(patterns, "patterns")]
+    return [path for path in param_paths(params) if any(c.search(path) for c in compiled)]
+
+
+def path_mask(params: Any, patterns: str | Sequence[str], *, name: str = "patterns") -> Any:
+    """Marks the parameters whose '/'-joined path contains a match of one of the regexes.
+
+    Example: ``path_mask(params, (r'bias$', r'scale$'))`` is True for the biases of Dense and
+    Conv layers and for the scales and biases of BatchNorm/LayerNorm layers. An empty sequence
+    marks nothing.
+
+    Args:
+        params: A pytree of parameters; a parameter's path is its keys joined by '/',
+            e.g. ``'backbone/stage1_block0/conv1/kernel'``.
+        patterns: Regexes searched (``re.search``) in each path; a lone string is one pattern.
+        name: The name of the config field the patterns come from, used in error messages.
+
+    Returns:
+        A pytree of Python bools with the structure of ``params``.
+
+    Raises:
+        ValueError: If a pattern is not a valid regex or matches no parameter (a mask that
+            silently selects nothing is almost always a typo); the message lists the paths.
+    """
+    compiled = [(p, re.compile(p)) for p in _as_patterns(patterns, name)]
+    paths = param_paths(params)
+    unmatched = [p for p, c in compiled if not any(c.search(path) for path in paths)]
+    if unmatched:
+        raise ValueError(
+            f"{name}: pattern(s) {unmatched} match no parameter path; fix or remove them. "
+            f"Available paths:\n  {_abbreviated(paths)}"
+        )
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: any(c.search(_path_str(path)) for _, c in compiled), params
+    )
+
+
+def _negate(mask: Any) -> Any:
+    return jax.tree.map(lambda m: not m, mask)
+
+
+# ----------------------------------------------------------------------------------------------
+# Optimizers
+# ----------------------------------------------------------------------------------------------
+
+
+def _maybe_masked(
+    inner: optax.GradientTransformation, mask: Mask | None
+) -> optax.GradientTransformation:
+    return inner if mask is None else optax.masked(inner, mask)
+
+
+def byol_lars(
+    learning_rate: optax.ScalarOrSchedule,
+    *,
+    weight_decay: float,
+    momentum: float = 0.9,
+    eta: float = 1e-3,
+    weight_decay_mask: Mask | None,
+    trust_ratio_mask: Mask | None,
+    nesterov: bool = False,
+) -> optax.GradientTransformation:
+    r"""LARS as the official BYOL code applies it (You et al. 2017; Grill et al. 2020, sec. 3.2).
+
+    For each parameter tensor p with gradient g, at step k with learning rate lr_k::
+
+        g <- g + weight_decay * p                      (where weight_decay_mask is True)
+        g <- eta * ||p|| / ||g|| * g                    (where trust_ratio_mask is True;
+                                                          ratio 1 if ||p|| = 0 or ||g|| = 0)
+        v <- momentum * v + g                           (every parameter)
+        update = -lr_k * v                              (-lr_k * (g + momentum * v) if nesterov)
+
+    The momentum accumulates the *unscaled* step and the learning rate multiplies the whole
+    buffer, as in deepmind-research/byol/utils/optimizers.py. ``optax.lars`` instead scales by
+    the learning rate before its momentum trace (v <- momentum * v - lr_k * g; update = v), so
+    the two agree while the rate is constant and part while it changes (warmup, cosine):
+    there BYOL's past gradients are re-weighted by the current rate, optax's keep the rate they
+    were taken with.
+
+    Args:
+        learning_rate: A float or an ``optax.Schedule`` of the update count.
+        weight_decay: The L2 coefficient added to the gradient; >= 0.
+        momentum: The heavy-ball coefficient, in [0, 1).
+        eta: The trust coefficient of the LARS ratio; > 0.
+        weight_decay_mask: Bool pytree (or function of params returning one), True where weight
+            decay applies; None applies it everywhere.
+        trust_ratio_mask: Likewise for the trust ratio; None applies it everywhere.
+        nesterov: Use Nesterov momentum (not used by BYOL).
+
+    Returns:
+        An ``optax.GradientTransformation``; its ``update`` needs ``params``.
+    """
+    return optax.chain(
+        optax.add_decayed_weights(weight_decay, mask=weight_decay_mask),
+        # optax's trust ratio with min_norm = eps = 0 is BYOL's: eta * ||p|| / ||g||, and 1
+        # when either norm is zero (a zero-initialised tensor still moves).
+        _maybe_masked(optax.scale_by_trust_ratio(trust_coefficient=eta), trust_ratio_mask),
+        optax.trace(decay=momentum, nesterov=nesterov),
+        optax.scale_by_learning_rate(learning_rate),
+    )
+
+
+def sgd(
+    learning_rate: optax.ScalarOrSchedule,
+    *,
+    weight_decay: float,
+    momentum: float = 0.9,
+    nesterov: bool = False,
+    weight_decay_mask: Mask | None,
+) -> optax.GradientTransformation:
+    """SGD with L2 weight decay and (Nesterov) momentum, in PyTorch's ordering.
+
+    ``g <- g + weight_decay * p`` (masked); ``v <- momentum * v + g``; update ``-lr_k * v``
+    (``-lr_k * (g + momentum * v)`` with Nesterov). This is ``torch.optim.SGD``, which the
+    official SimSiam code uses; ``optax.sgd`` scales by the rate before its momentum trace,
+    which differs while the rate changes (see :func:`byol_lars`).
+
+    Args:
+        learning_rate: A float or an ``optax.Schedule`` of the update count.
+        weight_decay: The L2 coefficient added to the gradient; >= 0.
+        momentum: The heavy-ball coefficient, in [0, 1); 0 disables momentum.
+        nesterov: Use Nesterov momentum.
+        weight_decay_mask: Bool pytree (or function), True where weight decay applies; None
+            applies it everywhere.
+
+    Returns:
+        An ``optax.GradientTransformation``; its ``update`` needs ``params``.
+    """
+    return optax.chain(
+        optax.add_decayed_weights(weight_decay, mask=weight_decay_mask),
+        optax.trace(decay=momentum, nesterov=nesterov) if momentum else optax.identity(),
+        optax.scale_by_learning_rate(learning_rate),
+    )
+
+
+def adamw(
+    learning_rate: optax.ScalarOrSchedule,
+    *,
+    weight_decay: float,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    weight_decay_mask: Mask | None,
+) -> optax.GradientTransformation:
+    """AdamW (Loshchilov & Hutter 2019) with a weight-decay mask: ``optax.adamw``.
+
+    The update is ``-lr_k * (m_hat / (sqrt(v_hat) + eps) + weight_decay * p)``: as in PyTorch,
+    the decoupled decay is multiplied by the scheduled learning rate.
+
+    Args:
+        learning_rate: A float or an ``optax.Schedule`` of the update count.
+        weight_decay: The decoupled decay coefficient; >= 0.
+        b1: Decay of the first-moment estimate.
+        b2: Decay of the second-moment estimate.
+        eps: Added to the denominator.
+        weight_decay_mask: Bool pytree (or function), True where weight decay applies; None
+            applies it everywhere.
+
+    Returns:
+        An ``optax.GradientTransformation``; its ``update`` needs ``params``.
+    """
+    return optax.adamw(
+        learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, mask=weight_decay_mask
+    )
+
+
+# name -> the config fields it reads besides the common ones.
+OPTIMIZERS: dict[str, tuple[str, ...]] = {
+    "lars": ("momentum", "nesterov", "eta"),
+    "sgd": ("momentum", "nesterov"),
+    "adamw": ("b1", "b2", "eps"),
+}
+
+_DEFAULTS: dict[str, Any] = {
+    "weight_decay": 0.0,
+    "momentum": 0.9,
+    "nesterov": False,
+    "eta": 1e-3,
+    "b1": 0.9,
+    "b2": 0.999,
+    "eps": 1e-8,
+    "final_lr": 0.0,
+    "exclude_from_weight_decay": DEFAULT_EXCLUDE_FROM_WEIGHT_DECAY,
+    "fixed_lr": (),
+}
+_REQUIRED = ("name", "base_lr")
+
+
+def _check_nonnegative(name: str, value: Any) -> None:
+    if not isinstance(value, numbers.Real) or isinstance(value, bool) or not value >= 0:
+        raise ValueError(f"{name} must be a number >= 0, got {value!r}.")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value!r}.")
+
+
+def _check_unit_interval(name: str, value: Any) -> None:
+    _check_nonnegative(name, value)
+    if not value < 1:
+        raise ValueError(f"{name} must be in [0, 1), got {value!r}.")
+
+
+def _config_to_dict(opt_config: Any) -> dict[str, Any]:
+    if hasattr(opt_config, "to_dict"):  # ml_collections.ConfigDict / FrozenConfigDict
+        return dict(opt_config.to_dict())
+    if isinstance(opt_config, Mapping):
+        return dict(opt_config)
+    raise ValueError(f"opt_config must be a ConfigDict or a dict, got {type(opt_config).__name__}.")
+
+
+def build_optimizer(
+    opt_config: Any,
+    params: Any,
+    *,
+    global_batch: int,
+    total_steps: int,
+    warmup_steps: int,
+) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """Builds the optimizer and its learning-rate schedule from a config.
+
+    Config fields (``ml_collections.ConfigDict`` or dict; unknown fields are an error):
+
+    * ``name``: ``'lars'`` (:func:`byol_lars`), ``'sgd'`` (:func:`sgd`) or ``'adamw'``.
+    * ``base_lr``: the rate for a batch of 256; the peak is ``base_lr * global_batch / 256``
+      and the schedule is :func:`warmup_cosine_lr` down to ``final_lr`` (default 0).
+    * ``weight_decay`` (default 0), ``momentum`` (0.9), ``nesterov`` (False), ``eta`` (1e-3,
+      LARS), ``b1``/``b2``/``eps`` (0.9/0.999/1e-8, AdamW).
+    * ``exclude_from_weight_decay``: regexes of parameter paths without weight decay, default
+      ``(r'bias$', r'scale$')`` (biases of Dense/Conv and scales and biases of
+      BatchNorm/LayerNorm). For LARS the same parameters are excluded from the trust ratio,
+      as in BYOL. ``()`` decays everything (the official SimSiam code does).
+    * ``fixed_lr``: regexes of parameter paths whose rate stays at the peak for the whole run
+      (SimSiam's predictor: ``('^predictor/',)``), default ``()``. Implemented with
+      ``optax.multi_transform`` over two groups, each with its own copy of the optimizer.
+
+    Every pattern must match at least one path of ``params``.
+
+    Args:
+        opt_config: The optimizer config described above.
+        params: The parameters the optimizer will update (for masks; values unused).
+        global_batch: Batch size over all devices and hosts.
+        total_steps: Number of optimizer steps of the run.
+        warmup_steps: Steps of linear warmup, < ``total_steps``.
+
+    Returns:
+        ``(tx, lr_schedule)``: the transformation and the scheduled (non-fixed) learning rate
+        as a function of the step, for logging.
+
+    Raises:
+        ValueError: For an unknown optimizer name or config field, a missing or out-of-range
+            value (the message names the field), or a pattern matching no parameter.
+    """
+    cfg = _config_to_dict(opt_config)
+    missing = [k for k in _REQUIRED if cfg.get(k) is None]
+    if missing:
+        raise ValueError(f"optimizer config is missing required field(s) {missing}.")
+    unknown = sorted(set(cfg) - set(_REQUIRED) - set(_DEFAULTS))
+    if unknown:
+        raise ValueError(
+            f"optimizer config has unknown field(s) {unknown}; valid fields are "
+            f"{sorted(set(_REQUIRED) | set(_DEFAULTS))}."
+        )
+    cfg = {**_DEFAULTS, **{k: v for k, v in cfg.items() if v is not None}}
+    name = cfg["name"]
+    if name not in OPTIMIZERS:
+        raise ValueError(f"Unknown optimizer name {name!r}; valid names are {sorted(OPTIMIZERS)}.")
+
+    base_lr, weight_decay = cfg["base_lr"], cfg["weight_decay"]
+    _check_nonnegative("base_lr", base_lr)
+    _check_nonnegative("weight_decay", weight_decay)
+    _check_nonnegative("final_lr", cfg["final_lr"])
+    if name in ("lars", "sgd"):
+        _check_unit_interval("momentum", cfg["momentum"])
+    if name == "lars" and not (isinstance(cfg["eta"], numbers.Real) and cfg["eta"] > 0):
+        raise ValueError(f"eta must be a number > 0, got {cfg['eta']!r}.")
+    if name == "adamw":
+        _check_unit_interval("b1", cfg["b1"])
+        _check_unit_interval("b2", cfg["b2"])
+        _check_nonnegative("eps", cfg["eps"])
+
+    lr_schedule = warmup_cosine_lr(
+        base_lr,
+        global_batch=global_batch,
+        total_steps=total_steps,
+        warmup_steps=warmup_steps,
+        final_lr=cfg["final_lr"],
+    )
+    # Masks are computed once from the params tree, so bad patterns fail here, before
+    # compilation. optax.multi_transform hands each group a tree with MaskedNode leaves in
+    # place of the other group's params; full-structure bool masks still line up with it.
+    decay_mask = _negate(
+        path_mask(params, cfg["exclude_from_weight_decay"], name="exclude_from_weight_decay")
+    )
+
+    def make(learning_rate: optax.ScalarOrSchedule) -> optax.GradientTransformation:
+        if name == "lars":
+            return byol_lars(
+                learning_rate,
+                weight_decay=weight_decay,
+                momentum=cfg["momentum"],
+                eta=cfg["eta"],
+                weight_decay_mask=decay_mask,
+                trust_ratio_mask=decay_mask,
+                nesterov=bool(cfg["nesterov"]),
+            )
+        if name == "sgd":
+            return sgd(
+                learning_rate,
+                weight_decay=weight_decay,
+                momentum=cfg["momentum"],
+                nesterov=bool(cfg["nesterov"]),
+                weight_decay_mask=decay_mask,
+            )
+        return adamw(
+            learning_rate,
+            weight_decay=weight_decay,
+            b1=cfg["b1"],
+            b2=cfg["b2"],
+            eps=cfg["eps"],
+            weight_decay_mask=decay_mask,
+        )
+
+    fixed_patterns = _as_patterns(cfg["fixed_lr"], "fixed_lr")
+    if not fixed_patterns:
+        return make(lr_schedule), lr_schedule
+
+    fixed = path_mask(params, fixed_patterns, name="fixed_lr")
+    labels = jax.tree.map(lambda f: "fixed" if f else "scheduled", fixed)
+    peak = float(base_lr) * int(global_batch) / 256.0
+    tx = optax.multi_transform({"scheduled": make(lr_schedule), "fixed": make(peak)}, labels)
+    return tx, lr_schedule

@@ -1,0 +1,594 @@
+"""Tests of ssljax.optim against NumPy references written from the equations.
+
+References: BYOL (Grill et al. 2020) sec. 3.2 for tau, LARS and the learning rate, with the
+official deepmind-research/byol utils/{optimizers,schedules}.py; torch.optim.SGD's update for
+SGD; Loshchilov & Hutter 2019 (decay scaled by the rate, as in PyTorch) for AdamW.
+"""
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+
+from ssljax import optim
+
+# ----------------------------------------------------------------------------------------------
+# NumPy references
+# ----------------------------------------------------------------------------------------------
+
+
+def np_lr(k, *, base_lr, batch, total, warmup, final=0.0):
+    """Closed form of the warmup-cosine schedule (BYOL's learning_schedule, final value f)."""
+    peak = base_lr * batch / 256.0
+    if k < warmup:
+        return peak * k / warmup
+    t = min(k - warmup, total - warmup) / (total - warmup)
+    return final + (peak - final) * 0.5 * (1.0 + math.cos(math.pi * t))
+
+
+def np_tau(k, tau_base, total):
+    """Grill et al. 2020, sec. 3.2."""
+    k = min(k, total)
+    return 1.0 - (1.0 - tau_base) * (math.cos(math.pi * k / total) + 1.0) / 2.0
+
+
+def flat(tree):
+    """{path: float64 array} of a pytree."""
+    return {
+        "/".join(str(k.key) for k in path): np.asarray(leaf, np.float64)
+        for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
+    }
+
+
+def is_excluded(path):
+    return path.endswith("bias") or path.endswith("scale")
+
+
+def np_lars_preconditioned(p, g, *, wd, eta, excluded):
+    """BYOL's LARS direction before momentum: weight decay then the trust ratio."""
+    if excluded:
+        return g
+    g = g + wd * p
+    p_norm, g_norm = np.linalg.norm(p), np.linalg.norm(g)
+    ratio = eta * p_norm / g_norm if p_norm > 0 and g_norm > 0 else 1.0
+    return ratio * g
+
+
+def np_run_lars(params, grads_seq, lrs, *, wd, m, eta, order, nesterov=False):
+    """Runs LARS in NumPy; order 'byol' (momentum, then lr) or 'optax' (lr, then momentum).
+
+    Returns the list of per-step update dicts and the final params.
+    """
+    p = dict(params)
+    v = {k: np.zeros_like(x) for k, x in p.items()}
+    updates_seq = []
+    for grads, lr in zip(grads_seq, lrs, strict=True):
+        updates = {}
+        for k in p:
+            d = np_lars_preconditioned(p[k], grads[k], wd=wd, eta=eta, excluded=is_excluded(k))
+            if order == "byol":
+                v[k] = m * v[k] + d
+                updates[k] = -lr * (d + m * v[k] if nesterov else v[k])
+            else:
+                v[k] = m * v[k] - lr * d
+                updates[k] = v[k]
+        p = {k: p[k] + updates[k] for k in p}
+        updates_seq.append(updates)
+    return updates_seq, p
+
+
+def run_tx(tx, params, grads_seq):
+    """Applies tx to params for each gradient tree; returns flat updates per step, final params."""
+    state = tx.init(params)
+    update_fn = jax.jit(tx.update)
+    updates_seq = []
+    for grads in grads_seq:
+        updates, state = update_fn(grads, state, params)
+        params = optax.apply_updates(params, updates)
+        updates_seq.append(flat(updates))
+    return updates_seq, flat(params)
+
+
+def small_params(seed=0):
+    """A tree with conv/dense kernels, a Dense bias, BatchNorm scale+bias, a zero kernel."""
+    rng = np.random.default_rng(seed)
+    f32 = lambda *s: jnp.asarray(rng.normal(size=s), jnp.float32)  # noqa: E731
+    return {
+        "conv": {"kernel": f32(3, 3, 2, 4)},
+        "bn": {"scale": 1.0 + 0.1 * f32(4), "bias": 0.1 * f32(4)},
+        "dense": {"kernel": f32(4, 5), "bias": 0.1 * f32(5)},
+        # Zero-initialised (like a last-layer init): the trust ratio must fall back to 1.
+        "head": {"kernel": jnp.zeros((5, 2), jnp.float32)},
+    }
+
+
+def random_grads(params, n, seed=1):
+    rng = np.random.default_rng(seed)
+    return [
+        jax.tree.map(lambda x: jnp.asarray(rng.normal(size=x.shape), jnp.float32), params)
+        for _ in range(n)
+    ]
+
+
+def decay_mask(params):
+    return jax.tree.map(lambda m: not m, optim.path_mask(params, (r"bias$", r"scale$")))
+
+
+def assert_trees_close(actual, expected, rtol=2e-5, atol=1e-7):
+    assert actual.keys() == expected.keys()
+    for k in expected:
+        np.testing.assert_allclose(actual[k], expected[k], rtol=rtol, atol=atol, err_msg=k)
+
+
+# ----------------------------------------------------------------------------------------------
+# Schedules
+# ----------------------------------------------------------------------------------------------
+
+
+def test_tau_schedule_endpoints_and_closed_form():
+    tau_base, total = 0.996, 1000
+    sched = optim.byol_tau_schedule(tau_base, total)
+    assert float(sched(0)) == pytest.approx(tau_base, abs=1e-7)
+    assert float(sched(total)) == 1.0
+    assert float(sched(total + 50)) == 1.0  # held at 1 after the end
+    for k in (1, 137, 500, 501, 999):
+        assert float(sched(k)) == pytest.approx(np_tau(k, tau_base, total), abs=1e-7), k
+    # Halfway the remaining gap is exactly halved.
+    assert float(sched(500)) == pytest.approx(1 - (1 - tau_base) / 2, abs=1e-7)
+    taus = np.asarray(jax.vmap(sched)(jnp.arange(total + 1)))
+    assert np.all(np.diff(taus) >= -1e-7)
+
+
+def test_lr_schedule_closed_form_and_peak():
+    kw = dict(base_lr=0.2, global_batch=4096, total_steps=100, warmup_steps=10, final_lr=0.01)
+    sched = optim.warmup_cosine_lr(**kw)
+    ref = lambda k: np_lr(  # noqa: E731
+        k, base_lr=0.2, batch=4096, total=100, warmup=10, final=0.01
+    )
+    peak = 0.2 * 4096 / 256
+    for k in (0, 1, 5, 9, 10, 11, 37, 55, 99, 100, 130):
+        assert float(sched(k)) == pytest.approx(ref(k), rel=1e-6, abs=1e-7), k
+    lrs = np.asarray(jax.vmap(sched)(jnp.arange(101)))
+    assert int(np.argmax(lrs)) == 10
+    assert lrs[10] == pytest.approx(peak, rel=1e-6)
+    assert lrs[0] == 0.0
+    assert lrs[100] == pytest.approx(0.01, rel=1e-5)
+    # Halfway through the decay the rate is the mean of peak and final.
+    assert lrs[55] == pytest.approx((peak + 0.01) / 2, rel=1e-6)
+
+
+def test_lr_schedule_without_warmup_starts_at_peak():
+    sched = optim.warmup_cosine_lr(0.05, global_batch=512, total_steps=4, warmup_steps=0)
+    np.testing.assert_allclose(
+        np.asarray(jax.vmap(sched)(jnp.arange(5))),
+        [np_lr(k, base_lr=0.05, batch=512, total=4, warmup=0) for k in range(5)],
+        rtol=1e-6,
+        atol=1e-8,
+    )
+    assert float(sched(0)) == pytest.approx(0.1)
+
+
+# ----------------------------------------------------------------------------------------------
+# LARS
+# ----------------------------------------------------------------------------------------------
+
+LARS_KW = dict(wd=1.5e-6 * 1e4, m=0.9, eta=1e-3)  # wd enlarged so its effect is visible
+
+
+@pytest.mark.parametrize("num_steps", [1, 3])
+@pytest.mark.parametrize("via_config", [False, True])
+def test_byol_lars_matches_numpy_reference(num_steps, via_config):
+    params = small_params()
+    grads_seq = random_grads(params, num_steps)
+    # A changing rate: cosine without warmup over the steps taken (every lr > 0 but the last).
+    kw = dict(global_batch=4096, total_steps=num_steps + 1, warmup_steps=0)
+    if via_config:
+        cfg = dict(name="lars", base_lr=0.2, weight_decay=LARS_KW["wd"], momentum=0.9, eta=1e-3)
+        tx, sched = optim.build_optimizer(cfg, params, **kw)
+    else:
+        sched = optim.warmup_cosine_lr(0.2, **kw)
+        mask = decay_mask(params)
+        tx = optim.byol_lars(
+            sched,
+            weight_decay=LARS_KW["wd"],
+            momentum=0.9,
+            eta=1e-3,
+            weight_decay_mask=mask,
+            trust_ratio_mask=mask,
+        )
+    lrs = [np_lr(k, base_lr=0.2, batch=4096, total=num_steps + 1, warmup=0) for k in range(3)]
+    assert len(set(lrs[:num_steps])) == num_steps  # the rate really changes
+    updates, final = run_tx(tx, params, grads_seq)
+    ref_updates, ref_final = np_run_lars(
+        flat(params), [flat(g) for g in grads_seq], lrs[:num_steps], order="byol", **LARS_KW
+    )
+    for got, want in zip(updates, ref_updates, strict=True):
+        assert_trees_close(got, want)
+    assert_trees_close(final, ref_final)
+    # The excluded leaves moved by plain momentum SGD, the others by eta-scale steps.
+    first = updates[0]
+    np.testing.assert_allclose(
+        first["bn/scale"], -lrs[0] * flat(grads_seq[0])["bn/scale"], rtol=1e-6
+    )
+    assert np.linalg.norm(first["conv/kernel"]) == pytest.approx(
+        lrs[0] * 1e-3 * np.linalg.norm(flat(params)["conv/kernel"]), rel=1e-5
+    )
+
+
+def test_byol_lars_nesterov_matches_numpy_reference():
+    params = small_params()
+    grads_seq = random_grads(params, 3)
+    lrs = [3.0, 2.0, 0.5]
+    table = jnp.asarray(lrs, jnp.float32)
+    mask = decay_mask(params)
+    tx = optim.byol_lars(
+        lambda k: table[k],
+        weight_decay=LARS_KW["wd"],
+        weight_decay_mask=mask,
+        trust_ratio_mask=mask,
+        nesterov=True,
+    )
+    updates, final = run_tx(tx, params, grads_seq)
+    ref_updates, ref_final = np_run_lars(
+        flat(params), [flat(g) for g in grads_seq], lrs, order="byol", nesterov=True, **LARS_KW
+    )
+    for got, want in zip(updates, ref_updates, strict=True):
+        assert_trees_close(got, want)
+    assert_trees_close(final, ref_final)
+
+
+def _optax_lars(learning_rate, mask):
+    return optax.lars(
+        learning_rate,
+        weight_decay=LARS_KW["wd"],
+        weight_decay_mask=mask,
+        trust_coefficient=LARS_KW["eta"],
+        eps=0.0,
+        trust_ratio_mask=mask,
+        momentum=LARS_KW["m"],
+    )
+
+
+def _byol_lars(learning_rate, mask):
+    return optim.byol_lars(
+        learning_rate,
+        weight_decay=LARS_KW["wd"],
+        momentum=LARS_KW["m"],
+        eta=LARS_KW["eta"],
+        weight_decay_mask=mask,
+        trust_ratio_mask=mask,
+    )
+
+
+def test_byol_and_optax_lars_agree_at_constant_lr():
+    params = small_params()
+    grads_seq = random_grads(params, 3)
+    mask = decay_mask(params)
+    byol, byol_final = run_tx(_byol_lars(2.0, mask), params, grads_seq)
+    ox, ox_final = run_tx(_optax_lars(2.0, mask), params, grads_seq)
+    for a, b in zip(byol, ox, strict=True):
+        assert_trees_close(a, b, rtol=1e-6)
+    assert_trees_close(byol_final, ox_final, rtol=1e-6)
+
+
+def test_byol_and_optax_lars_part_while_lr_changes():
+    """During warmup BYOL re-weights past gradients by the current rate; optax does not.
+
+    With lr_0 = 0 (the first warmup step) both first updates are 0, so both see the same
+    params at step 1, where u_byol - u_optax = -m * (lr_1 - lr_0) * d_0 exactly, d_0 being
+    the weight-decayed, trust-ratio-scaled gradient of step 0.
+    """
+    params = small_params()
+    grads_seq = random_grads(params, 3)
+    kw = dict(global_batch=4096, total_steps=10, warmup_steps=4)
+    sched = optim.warmup_cosine_lr(0.2, **kw)
+    lrs = [np_lr(k, base_lr=0.2, batch=4096, total=10, warmup=4) for k in range(3)]
+    assert lrs == [0.0, 0.8, 1.6]
+    mask = decay_mask(params)
+    byol, _ = run_tx(_byol_lars(sched, mask), params, grads_seq)
+    ox, _ = run_tx(_optax_lars(sched, mask), params, grads_seq)
+    # Each equals its own NumPy reference...
+    np_params, np_grads = flat(params), [flat(g) for g in grads_seq]
+    for got, order in ((byol, "byol"), (ox, "optax")):
+        ref, _ = np_run_lars(np_params, np_grads, lrs, order=order, **LARS_KW)
+        for a, b in zip(got, ref, strict=True):
+            assert_trees_close(a, b)
+    # ... they agree on the first step and part by exactly -m (lr_1 - lr_0) d_0 on the second.
+    assert_trees_close(byol[0], ox[0], rtol=0, atol=0)
+    for k in np_params:
+        d0 = np_lars_preconditioned(
+            np_params[k], np_grads[0][k], wd=LARS_KW["wd"], eta=1e-3, excluded=is_excluded(k)
+        )
+        expected = -LARS_KW["m"] * (lrs[1] - lrs[0]) * d0
+        np.testing.assert_allclose(byol[1][k] - ox[1][k], expected, rtol=1e-4, atol=1e-9)
+        assert np.linalg.norm(expected) > 1e-3 * np.linalg.norm(byol[1][k]), k
+
+
+# ----------------------------------------------------------------------------------------------
+# SGD and AdamW
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_sgd_matches_torch_ordering(nesterov):
+    params = small_params()
+    grads_seq = random_grads(params, 3)
+    lrs, wd, m = [0.3, 0.2, 0.05], 1e-2, 0.9
+    table = jnp.asarray(lrs, jnp.float32)
+    tx = optim.sgd(
+        lambda k: table[k],
+        weight_decay=wd,
+        momentum=m,
+        nesterov=nesterov,
+        weight_decay_mask=decay_mask(params),
+    )
+    updates, final = run_tx(tx, params, grads_seq)
+    # torch.optim.SGD: d = g + wd p; buf = m buf + d; step = buf (or d + m buf); p -= lr step.
+    p = flat(params)
+    buf = {k: np.zeros_like(x) for k, x in p.items()}
+    for step, (grads, lr) in enumerate(zip(grads_seq, lrs, strict=True)):
+        g = flat(grads)
+        for k in p:
+            d = g[k] if is_excluded(k) else g[k] + wd * p[k]
+            buf[k] = m * buf[k] + d
+            u = -lr * (d + m * buf[k] if nesterov else buf[k])
+            np.testing.assert_allclose(updates[step][k], u, rtol=2e-5, atol=1e-7, err_msg=k)
+            p[k] = p[k] + u
+    assert_trees_close(final, p)
+
+
+def test_adamw_matches_numpy_reference_with_mask():
+    params = small_params()
+    grads_seq = random_grads(params, 2)
+    cfg = dict(name="adamw", base_lr=1e-3, weight_decay=0.05, b1=0.9, b2=0.95)
+    tx, sched = optim.build_optimizer(cfg, params, global_batch=256, total_steps=4, warmup_steps=1)
+    updates, _ = run_tx(tx, params, grads_seq)
+    p = flat(params)
+    mu = {k: np.zeros_like(x) for k, x in p.items()}
+    nu = {k: np.zeros_like(x) for k, x in p.items()}
+    for t, grads in enumerate(grads_seq, start=1):
+        lr = np_lr(t - 1, base_lr=1e-3, batch=256, total=4, warmup=1)
+        g = flat(grads)
+        for k in p:
+            mu[k] = 0.9 * mu[k] + 0.1 * g[k]
+            nu[k] = 0.95 * nu[k] + 0.05 * g[k] ** 2
+            direction = (mu[k] / (1 - 0.9**t)) / (np.sqrt(nu[k] / (1 - 0.95**t)) + 1e-8)
+            if not is_excluded(k):
+                direction = direction + 0.05 * p[k]
+            u = -lr * direction
+            np.testing.assert_allclose(updates[t - 1][k], u, rtol=2e-5, atol=1e-9, err_msg=k)
+            p[k] = p[k] + u
+
+
+# ----------------------------------------------------------------------------------------------
+# Masks
+# ----------------------------------------------------------------------------------------------
+
+
+class _Backbone(nn.Module):
+    @nn.compact
+    def __call__(self, x, train: bool):
+        x = nn.Conv(4, (3, 3), name="conv_init")(x)
+        x = nn.BatchNorm(use_running_average=not train, name="bn_init")(x)
+        x = nn.relu(x)
+        x = nn.Conv(4, (3, 3), use_bias=False, name="conv1")(x)
+        x = nn.BatchNorm(use_running_average=not train, use_scale=False, name="bn1")(x)
+        x = jnp.mean(x, axis=(1, 2))
+        return nn.LayerNorm(name="ln")(x)
+
+
+class _Net(nn.Module):
+    @nn.compact
+    def __call__(self, x, train: bool):
+        x = _Backbone(name="backbone")(x, train)
+        x = nn.Dense(8, name="dense_0")(x)
+        x = nn.Dense(3, use_bias=False, name="dense_1")(x)
+        return x
+
+
+@pytest.fixture(scope="module")
+def net_params():
+    variables = _Net().init(jax.random.key(0), jnp.zeros((2, 6, 6, 3)), train=False)
+    return variables["params"]
+
+
+def test_default_exclusions_on_conv_bn_layernorm_dense_model(net_params):
+    excluded = set(optim.matching_paths(net_params, optim.DEFAULT_EXCLUDE_FROM_WEIGHT_DECAY))
+    assert excluded == {
+        "backbone/conv_init/bias",
+        "backbone/bn_init/scale",
+        "backbone/bn_init/bias",
+        "backbone/bn1/bias",
+        "backbone/ln/scale",
+        "backbone/ln/bias",
+        "dense_0/bias",
+    }
+    decayed = set(optim.param_paths(net_params)) - excluded
+    assert decayed == {
+        "backbone/conv_init/kernel",
+        "backbone/conv1/kernel",
+        "dense_0/kernel",
+        "dense_1/kernel",
+    }
+    # path_mask agrees leaf by leaf with the listing.
+    mask = optim.path_mask(net_params, optim.DEFAULT_EXCLUDE_FROM_WEIGHT_DECAY)
+    assert jax.tree.structure(mask) == jax.tree.structure(net_params)
+    flags = dict(zip(optim.param_paths(net_params), jax.tree.leaves(mask), strict=True))
+    assert {p for p, f in flags.items() if f} == excluded
+
+
+def test_build_optimizer_excludes_exactly_those_from_decay_and_trust_ratio(net_params):
+    """With zero gradients LARS moves only the weight-decayed leaves (by the trust ratio)."""
+    cfg = dict(name="lars", base_lr=0.2, weight_decay=1e-2, momentum=0.9)
+    tx, _ = optim.build_optimizer(cfg, net_params, global_batch=256, total_steps=3, warmup_steps=0)
+    zeros = jax.tree.map(jnp.zeros_like, net_params)
+    updates, _ = tx.update(zeros, tx.init(net_params), net_params)
+    p, u = flat(net_params), flat(updates)
+    moved = {k for k, x in u.items() if np.any(x != 0)}
+    assert moved == {
+        "backbone/conv_init/kernel",
+        "backbone/conv1/kernel",
+        "dense_0/kernel",
+        "dense_1/kernel",
+    }
+    # d = wd p, trust ratio eta ||p|| / ||wd p|| = eta / wd: the update is -lr eta p / ||p|| ||p||.
+    for k in moved:
+        np.testing.assert_allclose(u[k], -0.2 * 1e-3 * p[k], rtol=1e-5, err_msg=k)
+
+
+def test_path_mask_patterns(net_params):
+    assert optim.matching_paths(net_params, r"^backbone/bn") == [
+        "backbone/bn1/bias",
+        "backbone/bn_init/bias",
+        "backbone/bn_init/scale",
+    ]
+    # A lone string is one pattern, not a sequence of one-character patterns.
+    mask = optim.path_mask(net_params, "ln/scale$")
+    assert sum(jax.tree.leaves(mask)) == 1
+    assert not any(jax.tree.leaves(optim.path_mask(net_params, ())))
+
+
+# ----------------------------------------------------------------------------------------------
+# Per-group learning rates
+# ----------------------------------------------------------------------------------------------
+
+
+def _two_group_params():
+    rng = np.random.default_rng(3)
+    f32 = lambda *s: jnp.asarray(rng.normal(size=s), jnp.float32)  # noqa: E731
+    return {
+        "backbone": {"dense": {"kernel": f32(3, 4), "bias": f32(4)}},
+        "projector": {"bn": {"scale": f32(4), "bias": f32(4)}},
+        "predictor": {"dense": {"kernel": f32(4, 4), "bias": f32(4)}},
+    }
+
+
+def test_fixed_lr_group_keeps_peak_while_others_follow_cosine():
+    params = _two_group_params()
+    steps = 6
+    cfg = ml_collections.ConfigDict(
+        dict(name="sgd", base_lr=0.05, momentum=0.0, weight_decay=0.0, fixed_lr=("^predictor/",))
+    )
+    tx, sched = optim.build_optimizer(
+        cfg, params, global_batch=512, total_steps=steps, warmup_steps=2
+    )
+    grads_seq = random_grads(params, steps, seed=4)
+    updates, _ = run_tx(tx, params, grads_seq)
+    for k in range(steps):
+        g = flat(grads_seq[k])
+        want = np_lr(k, base_lr=0.05, batch=512, total=steps, warmup=2)
+        assert float(sched(k)) == pytest.approx(want, rel=1e-6, abs=1e-8)
+        for path, u in updates[k].items():
+            effective_lr = -u / g[path]
+            expected = 0.1 if path.startswith("predictor/") else want
+            np.testing.assert_allclose(effective_lr, expected, rtol=1e-5, atol=1e-8, err_msg=path)
+
+
+def test_fixed_lr_with_momentum_and_masked_decay_matches_reference():
+    """multi_transform's two groups each keep their own momentum and weight-decay mask."""
+    params = _two_group_params()
+    cfg = dict(name="sgd", base_lr=0.05, momentum=0.9, weight_decay=1e-2, fixed_lr=("^predictor/",))
+    tx, _ = optim.build_optimizer(cfg, params, global_batch=512, total_steps=4, warmup_steps=1)
+    grads_seq = random_grads(params, 3, seed=5)
+    updates, final = run_tx(tx, params, grads_seq)
+    p = flat(params)
+    buf = {k: np.zeros_like(x) for k, x in p.items()}
+    for step, grads in enumerate(grads_seq):
+        g = flat(grads)
+        for k in p:
+            lr = (
+                0.1
+                if k.startswith("predictor/")
+                else np_lr(step, base_lr=0.05, batch=512, total=4, warmup=1)
+            )
+            d = g[k] if is_excluded(k) else g[k] + 1e-2 * p[k]
+            buf[k] = 0.9 * buf[k] + d
+            np.testing.assert_allclose(updates[step][k], -lr * buf[k], rtol=2e-5, atol=1e-8)
+            p[k] = p[k] - lr * buf[k]
+    assert_trees_close(final, p)
+
+
+# ----------------------------------------------------------------------------------------------
+# Target update
+# ----------------------------------------------------------------------------------------------
+
+
+def test_update_target_is_tau_weighted_average():
+    online, target = small_params(seed=10), small_params(seed=11)
+    tau = 0.99
+    new = flat(optim.update_target(online, target, tau))
+    on, tg = flat(online), flat(target)
+    for k in on:
+        np.testing.assert_allclose(new[k], tau * tg[k] + (1 - tau) * on[k], rtol=1e-6, atol=1e-7)
+    # Under jit with tau from the schedule (a traced scalar); the endpoints are exact.
+    sched = optim.byol_tau_schedule(0.5, 10)
+    step_fn = jax.jit(lambda o, t, k: optim.update_target(o, t, sched(k)))
+    assert_trees_close(flat(step_fn(online, target, 0)), {k: 0.5 * (tg[k] + on[k]) for k in on})
+    assert_trees_close(flat(step_fn(online, target, 10)), tg, rtol=0, atol=0)
+    assert_trees_close(flat(optim.update_target(online, target, 0.0)), on, rtol=0, atol=0)
+
+
+# ----------------------------------------------------------------------------------------------
+# Bad input
+# ----------------------------------------------------------------------------------------------
+
+_GOOD = dict(name="lars", base_lr=0.2, weight_decay=1e-6)
+
+
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        (dict(name="adam"), r"Unknown optimizer name 'adam'.*\['adamw', 'lars', 'sgd'\]"),
+        (dict(base_lr=-0.1), "base_lr"),
+        (dict(weight_decay=-1e-6), "weight_decay"),
+        (dict(final_lr=-1.0), "final_lr"),
+        (dict(momentum=1.0), "momentum"),
+        (dict(eta=0.0), "eta"),
+        (dict(weight_decay_rate=1e-6), r"unknown field\(s\) \['weight_decay_rate'\]"),
+        (dict(base_lr=None), r"missing required field\(s\) \['base_lr'\]"),
+        (
+            dict(exclude_from_weight_decay=(r"bias$", r"bais$")),
+            r"(?s)exclude_from_weight_decay: pattern\(s\) \['bais\$'\].*backbone/conv_init/kernel",
+        ),
+        (dict(fixed_lr=("^predictor/",)), r"fixed_lr: pattern\(s\) \['\^predictor/'\]"),
+        (dict(fixed_lr=("(",)), "fixed_lr holds an invalid regex"),
+    ],
+)
+def test_build_optimizer_rejects_bad_config(net_params, overrides, match):
+    cfg = {**_GOOD, **overrides}
+    with pytest.raises(ValueError, match=match):
+        optim.build_optimizer(cfg, net_params, global_batch=256, total_steps=10, warmup_steps=1)
+
+
+def test_error_message_abbreviates_long_path_lists():
+    params = {f"layer_{i:02d}": {"kernel": jnp.zeros(1)} for i in range(40)}
+    with pytest.raises(ValueError, match=r"and 16 more") as info:
+        optim.path_mask(params, ("bias$",), name="exclude_from_weight_decay")
+    assert "layer_00/kernel" in str(info.value)
+    assert "layer_39/kernel" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(warmup_steps=10), "warmup_steps"),
+        (dict(warmup_steps=-1), "warmup_steps"),
+        (dict(total_steps=0), "total_steps"),
+        (dict(global_batch=0), "global_batch"),
+    ],
+)
+def test_lr_schedule_rejects_bad_steps(kwargs, match):
+    full = {**dict(global_batch=256, total_steps=10, warmup_steps=1), **kwargs}
+    with pytest.raises(ValueError, match=match):
+        optim.warmup_cosine_lr(0.1, **full)
+
+
+@pytest.mark.parametrize("tau_base", [-0.1, 1.5])
+def test_tau_schedule_rejects_bad_tau(tau_base):
+    with pytest.raises(ValueError, match="tau_base"):
+        optim.byol_tau_schedule(tau_base, 100)
