@@ -253,3 +253,27 @@ def set_dataset(c: ml_collections.ConfigDict, preset: str) -> None:
         c.checkpoint.every_steps = 5000
     else:
         raise ValueError(f"Unknown dataset preset {preset!r}.")
+
+
+def load_config(spec: str) -> ml_collections.ConfigDict:
+    """Loads ``path/to/config.py[:arg]`` as ``--config`` does (for tests and notebooks).
+
+    Args:
+      spec: a config file path, optionally followed by ``:`` and the preset argument.
+
+    Returns:
+      ``get_config(arg)`` of that file.
+
+    Raises:
+      FileNotFoundError: if the file does not exist.
+    """
+    import importlib.util
+    import os
+
+    path, _, arg = spec.partition(":")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Config file {path!r} not found.")
+    module_spec = importlib.util.spec_from_file_location(f"ssljax_config_{abs(hash(path))}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(arg or None)

@@ -1,0 +1,253 @@
+"""The training system: the method contract, target policies, the probe, sharding, the loop.
+
+Steps run on real CIFAR-10 images with a tiny ResNet at 16 pixels so that each compiled step
+costs little on a 2-core CPU.
+"""
+
+import json
+import os
+import pathlib
+import types
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+from ssljax import config_schema, methods, sharding, train
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+METHOD_NAMES = sorted(methods.METHODS)
+CONFIG_FILES = {
+    "byol": "byol.py",
+    "simsiam": "simsiam.py",
+    "vicreg": "vicreg.py",
+    "barlow_twins": "barlow_twins.py",
+}
+BATCH = 32
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _fast_compiles():
+    # Compile time dominates these tests; XLA's optimisation passes are not what they test.
+    jax.config.update("jax_disable_most_optimizations", True)
+    yield
+    jax.config.update("jax_disable_most_optimizations", False)
+
+
+def small_config(method: str, **overrides):
+    c = config_schema.load_config(str(REPO / "configs" / CONFIG_FILES[method]) + ":digits")
+    c.model.backbone = "resnet_tiny"
+    c.data.image_size = 16
+    c.global_batch = BATCH
+    c.num_steps = 30
+    c.warmup_epochs = 0.0
+    c.heads.projector_hidden = (64,)
+    c.heads.projector_dim = 32
+    c.heads.predictor_hidden = (64,)
+    c.heads.predictor_dim = 32
+    for k, v in overrides.items():
+        node = c
+        *parents, leaf = k.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = v
+    return c
+
+
+@pytest.fixture(scope="module")
+def cifar_batch(cifar10_dir):
+    """BATCH real CIFAR-10 training images (uint8) and their labels."""
+    classes = sorted(p.name for p in (cifar10_dir / "train").iterdir())
+    images, labels = [], []
+    for i in range(BATCH):
+        label = i % len(classes)
+        path = cifar10_dir / "train" / classes[label] / f"{i // len(classes):04d}.jpg"
+        images.append(np.asarray(Image.open(path).convert("RGB")))
+        labels.append(label)
+    return {"image": np.stack(images), "label": np.asarray(labels, np.int32)}
+
+
+def fake_info(num_examples=BATCH):
+    return types.SimpleNamespace(
+        name="cifar10_subset",
+        num_classes=10,
+        split_sizes={"train": num_examples, "test": num_examples},
+        image_shape=(32, 32, 3),
+        mean=(0.4914, 0.4822, 0.4465),
+        std=(0.247, 0.243, 0.261),
+        class_names=None,
+    )
+
+
+def build(config):
+    comps = train.build_components(config, fake_info(), num_train_examples=BATCH)
+    state = train.init_state(comps, config, jax.random.PRNGKey(config.seed))
+    step = jax.jit(train.make_train_step(comps, config))
+    return comps, state, step
+
+
+@pytest.mark.parametrize("method", METHOD_NAMES)
+def test_contract_loss_falls_and_state_keeps_structure(method, cifar_batch):
+    config = small_config(method)
+    _, state, step = build(config)
+    structure = jax.tree.structure(state)
+    batch = jax.tree.map(jnp.asarray, cifar_batch)
+    losses = []
+    for _ in range(30):
+        state, metrics = step(state, batch)
+        losses.append(float(metrics["loss"]))
+        for name, value in metrics.items():
+            assert np.isfinite(float(value)), (method, name, value)
+    assert jax.tree.structure(state) == structure
+    assert int(state.step) == 30
+    assert int(state.nonfinite_total) == 0
+    first, last = np.mean(losses[:5]), np.mean(losses[-5:])
+    assert last < first, f"{method}: loss did not fall: first 5 {first:.4f}, last 5 {last:.4f}"
+
+
+def test_byol_target_is_ema_of_online(cifar_batch):
+    config = small_config("byol", tau_base=0.9)
+    comps, state, step = build(config)
+    old_target = state.target_params
+    tau = float(comps.tau_schedule(0))
+    assert tau == pytest.approx(0.9)
+    new_state, metrics = step(state, jax.tree.map(jnp.asarray, cifar_batch))
+    assert float(metrics["tau"]) == pytest.approx(tau)
+    assert set(new_state.target_params) == {"backbone", "projector"}
+    expected = jax.tree.map(
+        lambda t, o: tau * t + (1 - tau) * o,
+        old_target,
+        {k: v for k, v in new_state.params.items() if k != "predictor"},
+    )
+    for got, want in zip(jax.tree.leaves(new_state.target_params), jax.tree.leaves(expected)):
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+    # The target moved: it is not still the initial copy.
+    moved = [not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(old_target), jax.tree.leaves(new_state.target_params))]
+    assert any(moved)
+
+
+def test_simsiam_stores_no_target_copy():
+    config = small_config("simsiam")
+    comps = train.build_components(config, fake_info(), num_train_examples=BATCH)
+    state = train.init_state(comps, config, jax.random.PRNGKey(0))
+    assert comps.method.target == "stop_gradient"
+    assert state.target_params == {} and state.target_batch_stats == {}
+
+
+def _projection_grads(method_name, key):
+    method = methods.get_method(method_name)
+    k1, k2, k3, k4 = jax.random.split(key, 4)
+    z1, z2 = jax.random.normal(k1, (16, 8)), jax.random.normal(k2, (16, 8))
+    p1, p2 = jax.random.normal(k3, (16, 8)), jax.random.normal(k4, (16, 8))
+
+    def loss(z1, z2, p1, p2):
+        online = [{"projection": z1, "prediction": p1}, {"projection": z2, "prediction": p2}]
+        if method.target == "none":
+            target = None
+        else:  # the stop-gradient side is the same projections, as SimSiam's policy has it
+            target = [{"projection": z1}, {"projection": z2}]
+        return method.loss(online, target, {})[0]
+
+    return jax.grad(loss, argnums=(0, 1, 2, 3))(z1, z2, p1, p2)
+
+
+@pytest.mark.parametrize("method", ["vicreg", "barlow_twins"])
+def test_symmetric_methods_give_gradient_to_both_branches(method):
+    g1, g2, _, _ = _projection_grads(method, jax.random.PRNGKey(1))
+    assert float(jnp.abs(g1).max()) > 1e-4 and float(jnp.abs(g2).max()) > 1e-4
+
+
+@pytest.mark.parametrize("method", ["byol", "simsiam"])
+def test_asymmetric_methods_give_no_gradient_through_the_target(method):
+    g1, g2, gp1, gp2 = _projection_grads(method, jax.random.PRNGKey(2))
+    np.testing.assert_array_equal(g1, 0.0)
+    np.testing.assert_array_equal(g2, 0.0)
+    assert float(jnp.abs(gp1).max()) > 1e-4 and float(jnp.abs(gp2).max()) > 1e-4
+
+
+def test_probe_does_not_touch_the_backbone(cifar_batch):
+    batch = jax.tree.map(jnp.asarray, cifar_batch)
+    with_probe = small_config("byol")
+    without = small_config("byol", **{"probe.enabled": False})
+    _, s1, step1 = build(with_probe)
+    _, s2, step2 = build(without)
+    s1, m1 = step1(s1, batch)
+    s2, _ = step2(s2, batch)
+    assert float(m1["probe_loss"]) > 0
+    # The probe trained ...
+    assert not np.array_equal(
+        jax.tree.leaves(s1.probe_params)[0], jax.tree.leaves(build(with_probe)[1].probe_params)[0]
+    )
+    # ... and the online network is exactly what it is without a probe.
+    for a, b in zip(jax.tree.leaves(s1.params), jax.tree.leaves(s2.params)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("method", ["byol", "vicreg"])
+def test_eight_devices_equal_one(method, cifar_batch):
+    config = small_config(method)
+    comps = train.build_components(config, fake_info(), num_train_examples=BATCH)
+    state0 = train.init_state(comps, config, jax.random.PRNGKey(0))
+    step_fn = train.make_train_step(comps, config)
+    batch = jax.tree.map(jnp.asarray, cifar_batch)
+
+    single = jax.jit(step_fn)
+    s, m_single = state0, []
+    for _ in range(2):
+        s, m = single(s, batch)
+        m_single.append(float(m["loss"]))
+    params_single = s.params
+
+    mesh = sharding.make_mesh()
+    assert mesh.devices.size == 8
+    repl, data = sharding.replicated(mesh), sharding.batch_sharding(mesh)
+    state_sh = jax.tree.map(lambda _: repl, state0)
+    sharded = jax.jit(step_fn, in_shardings=(state_sh, data), out_shardings=(state_sh, repl))
+    s = jax.device_put(state0, state_sh)
+    b = jax.device_put(batch, data)
+    m_sharded = []
+    for _ in range(2):
+        s, m = sharded(s, b)
+        m_sharded.append(float(m["loss"]))
+    np.testing.assert_allclose(m_sharded, m_single, rtol=1e-5)
+    for a, b_ in zip(jax.tree.leaves(s.params), jax.tree.leaves(params_single)):
+        np.testing.assert_allclose(a, b_, rtol=1e-5, atol=1e-6)
+
+
+def test_invalid_config_fails_before_compilation():
+    c = small_config("byol", global_batch=30)
+    with pytest.raises(ValueError, match="config.global_batch"):
+        config_schema.validate(c, num_devices=8)
+    c = small_config("byol", tau_base=1.5)
+    with pytest.raises(ValueError, match="config.tau_base"):
+        config_schema.validate(c, num_devices=1)
+    c = small_config("byol", **{"optimizer.base_lr": -0.1})
+    with pytest.raises(ValueError, match="config.optimizer.base_lr"):
+        config_schema.validate(c, num_devices=1)
+    c = small_config("byol", method="mocov9")
+    with pytest.raises(ValueError, match="byol"):
+        config_schema.validate(c, num_devices=1)
+
+
+def test_main_on_digits_writes_logs_and_checkpoints_then_resumes(tmp_path):
+    workdir = tmp_path / "run"
+    config = small_config("byol", num_steps=6, log_every_steps=2, **{"checkpoint.every_steps": 3})
+    config.data.data_dir = str(tmp_path / "data")
+    config.knn.every_epochs = 0.0
+    config.knn.k = 5
+    out = train.train_and_evaluate(config, str(workdir))
+    assert np.isfinite(out["loss"]) and 0.0 <= out["knn_top1"] <= 1.0
+    assert list(workdir.glob("events.out.tfevents.*"))
+    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4, 5, 6]
+    assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == [3, 6]
+
+    config.num_steps = 8
+    train.train_and_evaluate(config, str(workdir))
+    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in rows if "loss" in r]
+    assert steps == [1, 2, 3, 4, 5, 6, 7, 8], "the second run must resume at step 7, not restart"
+    assert json.loads((workdir / "summary.json").read_text())["step"] == 8
+    assert os.path.isdir(workdir / "checkpoints" / "8")
