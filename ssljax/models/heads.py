@@ -1,0 +1,213 @@
+"""Projector and predictor MLPs with each method's published sizes.
+
+Every head is the same module: for each hidden width, ``Dense -> BatchNorm -> ReLU``; then a
+final ``Dense``, optionally followed by a BatchNorm (SimSiam's projector ends with a BN without
+affine parameters). Parameters are named ``dense_{i}`` and ``bn_{i}``, ``i`` counting layers
+from 0, so the output layer of a 2-layer head is ``dense_1`` (and ``bn_1``).
+
+``PUBLISHED_HEADS`` holds the ImageNet/ResNet-50 configurations of the official code, read
+from it line by line (biases included, since they count as parameters and get weight decay):
+
+* BYOL, ``deepmind-research/byol/utils/networks.py`` ``MLP``: ``Linear(with_bias=True) -> BN
+  -> ReLU -> Linear(with_bias=False)``, 4096-256 for both projector and predictor.
+* SimSiam, ``facebookresearch/simsiam/simsiam/builder.py``: projector ``Linear(bias=False) ->
+  BN -> ReLU`` twice, then the encoder's ``fc`` and ``BatchNorm1d(affine=False)``; that ``fc``
+  keeps a bias but with ``requires_grad=False`` ("not use bias as followed by BN"), and a BN
+  without affine parameters cancels any constant, so it is a bias-free layer here. Its hidden
+  width is the backbone's feature width (``prev_dim``: 2048 for ResNet-50, the paper's
+  2048-2048-2048). Predictor ``Linear(bias=False) -> BN -> ReLU -> Linear(bias=True)``,
+  2048-512-2048.
+* VICReg, ``facebookresearch/vicreg/main_vicreg.py`` ``Projector`` (the paper's "expander"):
+  ``Linear -> BN -> ReLU`` twice (with bias), then ``Linear(bias=False)``, 8192-8192-8192.
+* Barlow Twins, ``facebookresearch/barlowtwins/main.py``: ``Linear(bias=False) -> BN -> ReLU``
+  twice, then ``Linear(bias=False)``, 8192-8192-8192. Its ``BatchNorm1d(affine=False)`` on
+  each view's projection is part of the loss (the cross-correlation of standardised
+  embeddings), not of the projector.
+
+Initialisation is Flax's default for ``Dense`` (LeCun normal, zero bias), which is BYOL's Haiku
+default up to the truncation correction; PyTorch's default is uniform with a third of that
+variance. A BatchNorm follows every hidden Dense, so only the scale of a head's last layer
+depends on this choice.
+"""
+
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from ssljax.models.resnet import BN_EPSILON, BN_MOMENTUM, check_compute_dtype
+
+
+class MLP(nn.Module):
+    """``[Dense -> BN -> ReLU] * len(hidden_dims) -> Dense [-> BN]``.
+
+    BatchNorm: momentum 0.9, epsilon 1e-5 (PyTorch's defaults), float32 parameters and
+    statistics, no ``axis_name``: under ``jit`` with the batch sharded over a mesh the
+    statistics are those of the global batch (the papers' SyncBN).
+
+    Attributes:
+      hidden_dims: Widths of the hidden layers, e.g. ``(4096,)`` for BYOL.
+      output_dim: Width of the output layer.
+      output_bn: Apply BatchNorm to the output (SimSiam's projector).
+      output_bn_affine: Give the output BatchNorm learned scale and bias (SimSiam: False).
+      use_bias: Bias in the hidden Dense layers.
+      output_use_bias: Bias in the output Dense layer; ``None`` means ``use_bias``.
+      dtype: Compute dtype; parameters and BN statistics are float32, the output is float32.
+    """
+
+    hidden_dims: Sequence[int]
+    output_dim: int
+    output_bn: bool = False
+    output_bn_affine: bool = True
+    use_bias: bool = True
+    output_use_bias: bool | None = None
+    dtype: Any = jnp.float32
+
+    def __post_init__(self) -> None:
+        # Validate configuration when the module is built, before any tracing.
+        dims = (*tuple(self.hidden_dims), self.output_dim)
+        if any(not isinstance(d, int) or isinstance(d, bool) or d < 1 for d in dims):
+            raise ValueError(
+                "MLP: `hidden_dims` and `output_dim` must be positive integers; got "
+                f"hidden_dims={self.hidden_dims!r}, output_dim={self.output_dim!r}."
+            )
+        check_compute_dtype(self.dtype, model="MLP")
+        super().__post_init__()
+
+    def _bn(self, train: bool, name: str, affine: bool = True) -> nn.BatchNorm:
+        return nn.BatchNorm(
+            use_running_average=not train,
+            momentum=BN_MOMENTUM,
+            epsilon=BN_EPSILON,
+            use_scale=affine,
+            use_bias=affine,
+            dtype=self.dtype,
+            param_dtype=jnp.float32,
+            name=name,
+        )
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        """Applies the head.
+
+        Args:
+          x: ``[B, D_in]`` float features.
+          train: Use batch statistics in BatchNorm and update the running averages (the
+            ``batch_stats`` collection must then be mutable).
+
+        Returns:
+          ``[B, output_dim]`` float32 outputs.
+
+        Raises:
+          ValueError: If ``x`` is not a 2-D floating point array.
+        """
+        if x.ndim != 2 or not jnp.issubdtype(x.dtype, jnp.floating):
+            raise ValueError(
+                f"MLP: `x` must be a [batch, features] float array; got shape {tuple(x.shape)} "
+                f"and dtype {x.dtype}. Flatten or pool the features first."
+            )
+        y = x.astype(self.dtype)
+        for i, dim in enumerate(self.hidden_dims):
+            y = nn.Dense(
+                dim,
+                use_bias=self.use_bias,
+                dtype=self.dtype,
+                param_dtype=jnp.float32,
+                name=f"dense_{i}",
+            )(y)
+            y = nn.relu(self._bn(train, f"bn_{i}")(y))
+        last = len(self.hidden_dims)
+        output_use_bias = self.use_bias if self.output_use_bias is None else self.output_use_bias
+        y = nn.Dense(
+            self.output_dim,
+            use_bias=output_use_bias,
+            dtype=self.dtype,
+            param_dtype=jnp.float32,
+            name=f"dense_{last}",
+        )(y)
+        if self.output_bn:
+            y = self._bn(train, f"bn_{last}", affine=self.output_bn_affine)(y)
+        return y.astype(jnp.float32)
+
+
+# MLP keyword arguments of each method's heads, ImageNet/ResNet-50 sizes (see module docstring).
+PUBLISHED_HEADS: dict[str, dict[str, dict[str, Any]]] = {
+    "byol": {
+        "projector": {
+            "hidden_dims": (4096,),
+            "output_dim": 256,
+            "use_bias": True,
+            "output_use_bias": False,
+        },
+        "predictor": {
+            "hidden_dims": (4096,),
+            "output_dim": 256,
+            "use_bias": True,
+            "output_use_bias": False,
+        },
+    },
+    "simsiam": {
+        "projector": {
+            "hidden_dims": (2048, 2048),
+            "output_dim": 2048,
+            "use_bias": False,
+            "output_use_bias": False,
+            "output_bn": True,
+            "output_bn_affine": False,
+        },
+        "predictor": {
+            "hidden_dims": (512,),
+            "output_dim": 2048,
+            "use_bias": False,
+            "output_use_bias": True,
+        },
+    },
+    "vicreg": {
+        "projector": {
+            "hidden_dims": (8192, 8192),
+            "output_dim": 8192,
+            "use_bias": True,
+            "output_use_bias": False,
+        },
+    },
+    "barlow_twins": {
+        "projector": {
+            "hidden_dims": (8192, 8192),
+            "output_dim": 8192,
+            "use_bias": False,
+            "output_use_bias": False,
+        },
+    },
+}
+
+
+def create_head(method: str, role: str, *, dtype: Any = jnp.float32, **overrides: Any) -> MLP:
+    """Builds a method's published projector or predictor, with optional overrides.
+
+    Args:
+      method: A key of ``PUBLISHED_HEADS`` (``'byol'``, ``'simsiam'``, ``'vicreg'``,
+        ``'barlow_twins'``).
+      role: ``'projector'`` or ``'predictor'`` (BYOL and SimSiam only).
+      dtype: Compute dtype.
+      **overrides: MLP attributes replacing the published ones, e.g. ``hidden_dims=(512,)``.
+
+    Returns:
+      The ``MLP`` module.
+
+    Raises:
+      ValueError: On an unknown method, role or override name.
+    """
+    if method not in PUBLISHED_HEADS:
+        raise ValueError(f"Unknown `method` {method!r}; known: {sorted(PUBLISHED_HEADS)}.")
+    if role not in PUBLISHED_HEADS[method]:
+        raise ValueError(
+            f"`role` {role!r} is not a head of {method!r}; "
+            f"it has {sorted(PUBLISHED_HEADS[method])}."
+        )
+    allowed = set(PUBLISHED_HEADS["simsiam"]["projector"]) | {"hidden_dims", "output_dim"}
+    unknown = sorted(set(overrides) - allowed)
+    if unknown:
+        raise ValueError(f"Unknown MLP override(s) {unknown}; allowed: {sorted(allowed)}.")
+    return MLP(**{**PUBLISHED_HEADS[method][role], **overrides}, dtype=dtype)
