@@ -30,6 +30,7 @@ variance. A BatchNorm follows every hidden Dense, so only the scale of a head's 
 depends on this choice.
 """
 
+import numbers
 from collections.abc import Sequence
 from typing import Any
 
@@ -68,12 +69,14 @@ class MLP(nn.Module):
     def __post_init__(self) -> None:
         # Validate configuration when the module is built, before any tracing.
         dims = (*tuple(self.hidden_dims), self.output_dim)
-        if any(not isinstance(d, int) or isinstance(d, bool) or d < 1 for d in dims):
+        if any(not isinstance(d, numbers.Integral) or isinstance(d, bool) or d < 1 for d in dims):
             raise ValueError(
                 "MLP: `hidden_dims` and `output_dim` must be positive integers; got "
                 f"hidden_dims={self.hidden_dims!r}, output_dim={self.output_dim!r}."
             )
         check_compute_dtype(self.dtype, model="MLP")
+        # A tuple keeps the module hashable (jit static arguments) when a config passes a list.
+        object.__setattr__(self, "hidden_dims", tuple(int(d) for d in self.hidden_dims))
         super().__post_init__()
 
     def _bn(self, train: bool, name: str, affine: bool = True) -> nn.BatchNorm:

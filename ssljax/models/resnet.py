@@ -249,6 +249,8 @@ class ResNet(nn.Module):
                 "ResNet: `stage_sizes` must be four positive integers (torchvision's layer1..4), "
                 f"e.g. (2, 2, 2, 2); got {self.stage_sizes!r}."
             )
+        # A tuple keeps the module hashable (jit static arguments) when a config passes a list.
+        object.__setattr__(self, "stage_sizes", tuple(int(n) for n in sizes))
         if not self.width > 0 or round(64 * self.width) < 1:
             raise ValueError(
                 f"ResNet: `width` must be > 0 with round(64 * width) >= 1; got {self.width!r}."

@@ -21,6 +21,7 @@ biases zero, position embedding normal(0.02), class token normal(1e-6), patch pr
 PyTorch's default convolution (uniform +-1/sqrt(fan_in)) with a zero bias.
 """
 
+import numbers
 from typing import Any
 
 import flax.linen as nn
@@ -186,7 +187,7 @@ class ViT(nn.Module):
         # Validate configuration when the module is built, before any tracing.
         for field in ("width", "depth", "num_heads", "patch_size"):
             value = getattr(self, field)
-            if not isinstance(value, int) or value < 1:
+            if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"ViT: `{field}` must be a positive integer; got {value!r}.")
         if self.width % self.num_heads:
             raise ValueError(
@@ -209,7 +210,8 @@ class ViT(nn.Module):
         Args:
           images: ``[B, H, W, C]`` normalised float images, ``C`` in (1, 3) (one channel is
             replicated to three); ``patch_size`` must divide ``H`` and ``W``.
-          train: Unused (no dropout, no BatchNorm); kept for the common backbone interface.
+          train: Unused (no dropout, stochastic depth or BatchNorm); kept for the common
+            backbone interface.
 
         Returns:
           ``[B, width]`` float32 features.
@@ -219,23 +221,23 @@ class ViT(nn.Module):
             patch size does not divide, or whose patch grid differs from the one the
             position embedding was initialised for.
         """
-        del train  # No dropout or BatchNorm in the published ViT-S/B pretraining setups.
+        del train  # This ViT has no dropout, stochastic depth or BatchNorm.
         x = prepare_images(images, self.dtype, model="ViT")
-        batch, height, width, _ = x.shape
+        batch, height, width_px, _ = x.shape
         p = self.patch_size
-        if height % p or width % p:
+        if height % p or width_px % p:
             raise ValueError(
                 f"ViT: `patch_size` {p} must divide the image height and width; got images of "
-                f"{height}x{width}. Resize or crop to a multiple of {p}, or pick another patch "
+                f"{height}x{width_px}. Resize or crop to a multiple of {p}, or pick another patch "
                 "size."
             )
-        num_tokens = (height // p) * (width // p) + 1
+        num_tokens = (height // p) * (width_px // p) + 1
         if self.has_variable("params", "pos_embed"):
             stored = self.get_variable("params", "pos_embed").shape[1]
             if stored != num_tokens:
                 raise ValueError(
                     f"ViT: the position embedding was initialised for {stored - 1} patches but "
-                    f"{height}x{width} images with patch size {p} give {num_tokens - 1}. Apply "
+                    f"{height}x{width_px} images with patch size {p} give {num_tokens - 1}. Apply "
                     "the parameters to images of the size used at init."
                 )
 
