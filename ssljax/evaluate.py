@@ -113,7 +113,7 @@ def _features(config, state, split: str, mesh) -> tuple[np.ndarray, np.ndarray]:
         shuffle=False,
         drop_remainder=False,
         num_epochs=1,
-        for_eval=True,
+        crop_mode="center" if config.data.crop_in_loader else None,
     )
     return train.compute_features(train.make_feature_fn(comps), state, iter(loader), mesh)
 

@@ -327,7 +327,7 @@ def make_train_step(
             "proj_std": diagnostics.normalized_std(z),
             "proj_std_x_sqrt_d": diagnostics.normalized_std(z) * jnp.sqrt(z.shape[-1] * 1.0),
             "feature_rankme": diagnostics.rankme(online_out[0]["features"]),
-            "grad_norm": optax.global_norm(grads),
+            "grad_norm": optax.tree.norm(grads),
             "step_finite": finite.astype(jnp.float32),
             "nonfinite_total": new_state.nonfinite_total.astype(jnp.float32),
         }
@@ -372,13 +372,15 @@ def compute_features(
     feats, labels = [], []
     for batch in batches:
         images = np.asarray(batch["image"])
+        # The loader pads a short last batch and marks real examples in 'mask'.
+        keep = np.asarray(batch.get("mask", np.ones(images.shape[0], bool)), bool)
         n = images.shape[0]
         pad = (-n) % n_dev
         if pad:
             images = np.concatenate([images, np.repeat(images[-1:], pad, axis=0)])
         x = jax.make_array_from_process_local_data(in_sharding, images)
-        feats.append(np.asarray(fn(variables, x))[:n])
-        labels.append(np.asarray(batch["label"]))
+        feats.append(np.asarray(fn(variables, x))[:n][keep])
+        labels.append(np.asarray(batch["label"])[keep])
     return np.concatenate(feats), np.concatenate(labels)
 
 
@@ -400,7 +402,7 @@ def run_knn_monitor(
             shuffle=False,
             drop_remainder=False,
             num_epochs=1,
-            for_eval=True,
+            crop_mode="center" if config.data.crop_in_loader else None,
         )
         for split in (config.data.train_split, config.data.eval_split)
     }
@@ -564,7 +566,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                         f"{ckpt.directory}. Lower optimizer.base_lr or check the data."
                     )
             if step % config.checkpoint.every_steps == 0 and step != comps.total_steps:
-                ckpt.save(step, state, batches.consumed_state())
+                ckpt.save(step, state, batches.state_of_last_consumed())
             if knn_every and step % knn_every == 0 and step != comps.total_steps:
                 res = run_knn_monitor(config, comps, state, mesh, feature_fn)
                 if writer:
@@ -574,7 +576,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             progress.close()
     # Final checkpoint, written synchronously so nothing is lost when the process exits.
     if int(state.step) > start_step:
-        ckpt.save(int(state.step), state, batches.consumed_state(), force=True)
+        ckpt.save(int(state.step), state, batches.state_of_last_consumed(), force=True)
     ckpt.wait()
     elapsed = time.perf_counter() - t0
     done = int(state.step) - start_step
