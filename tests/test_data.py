@@ -263,3 +263,36 @@ def test_bad_arguments(kwargs, match):
 def test_unknown_dataset():
     with pytest.raises(ValueError, match="not_a_dataset"):
         get_dataset_info({"name": "not_a_dataset", "data_dir": "/nonexistent"})
+
+
+def test_loader_state_in_an_orbax_checkpoint(tmp_path):
+    # The recipe for the trainer: the loader's JSON state beside the train state, one checkpoint.
+    import orbax.checkpoint as ocp
+
+    it = _loader(global_batch=16, drop_remainder=True)
+    for _ in range(3):
+        next(it)
+    loader_state = it.get_state()
+    want = next(it)
+    train_state = {"params": {"w": np.arange(4.0, dtype=np.float32)}}
+    with ocp.CheckpointManager(tmp_path / "ckpt") as manager:
+        manager.save(
+            3,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(train_state), data=ocp.args.JsonSave(loader_state)
+            ),
+        )
+        manager.wait_until_finished()
+    with ocp.CheckpointManager(tmp_path / "ckpt") as manager:
+        restored = manager.restore(
+            manager.latest_step(),
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(train_state), data=ocp.args.JsonRestore()
+            ),
+        )
+    np.testing.assert_array_equal(restored.state["params"]["w"], train_state["params"]["w"])
+    resumed = _loader(global_batch=16, drop_remainder=True)
+    resumed.set_state(restored.data)
+    got = next(resumed)
+    for key in want:
+        np.testing.assert_array_equal(got[key], want[key])

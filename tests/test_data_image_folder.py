@@ -290,7 +290,7 @@ def test_empty_class_folder_and_empty_split(cifar10_dir, tmp_path):
         prepare("image_folder", tmp_path / "data", root=tmp_path / "empty")
 
 
-def test_wrong_size_image_in_fixed_size_dataset_is_named(tmp_path):
+def test_wrong_size_or_undecodable_record_is_named():
     # A dataset whose metadata says one shape but holds another (e.g. hand-edited folder) fails
     # with a message naming the remedy, not deep inside NumPy.
     reader = loader.BatchReader(
@@ -309,6 +309,9 @@ def test_wrong_size_image_in_fixed_size_dataset_is_named(tmp_path):
         crop_ratio=(0.75, 4 / 3),
     )
     with pytest.raises(ValueError, match="crop_in_loader=True"):
+        reader(0)
+    reader.source = _ListSource([_png(np.zeros((8, 8, 3), np.uint8)), b"damaged record"])
+    with pytest.raises(ValueError, match="Example 1 of .* cannot be decoded"):
         reader(0)
 
 

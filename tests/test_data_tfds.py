@@ -5,6 +5,7 @@ No network and no TensorFlow here, so a real catalogue dataset cannot be prepare
 examples handed over as PNG bytes, which needs no TensorFlow), and read back by name.
 """
 
+import importlib.util
 import io
 import sys
 
@@ -120,3 +121,27 @@ def test_prepare_options_for_other_datasets_are_refused(tmp_path):
     with pytest.raises(ValueError, match="root is required"):
         prepare("image_folder", tmp_path)
     assert prepare("digits", tmp_path)["dataset_dir"] is None
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("tensorflow") is not None, reason="tests the missing-TensorFlow path"
+)
+def test_prepare_says_when_the_builder_needs_tensorflow(tmp_path, monkeypatch):
+    # The real CIFAR-10 builder hands NumPy images to TFDS, which encodes them with TensorFlow.
+    # Same here, minus the download: a builder yielding arrays.
+    class ArrayCifar10(tfds.builder_cls("cifar10"), skip_registration=True):
+        name = "cifar10"
+        code_path = None
+
+        def _split_generators(self, dl_manager):
+            return {"train": self._generate_examples()}
+
+        def _generate_examples(self):
+            yield "0", {"id": "0", "image": np.zeros((32, 32, 3), np.uint8), "label": 0}
+
+    monkeypatch.setattr(tfds, "builder", lambda name, **kwargs: ArrayCifar10(**kwargs))
+    with pytest.raises(ValueError) as e:
+        prepare("cifar10", tmp_path)
+    msg = str(e.value)
+    assert "pip install 'ssljax[prepare]'" in msg
+    assert f"python -m ssljax.data.prepare --dataset=cifar10 --data_dir={tmp_path}" in msg

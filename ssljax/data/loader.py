@@ -220,6 +220,16 @@ class BatchReader:
             return (s, s, 3)
         return self.image_shape  # type: ignore[return-value]
 
+    def _decode(self, payload: Any, index: int) -> Image.Image:
+        try:
+            return tfds_source.decode_rgb(payload)
+        except Exception as e:
+            # Name the example here rather than let PIL's error surface bare from a worker.
+            raise ValueError(
+                f"Example {index} of {self.source!r} cannot be decoded ({type(e).__name__}: "
+                f"{e}); the dataset files are damaged: prepare the dataset again."
+            ) from e
+
     def __call__(self, step: int) -> dict[str, np.ndarray]:
         """Returns this process's batch of global step ``step``."""
         epoch, ids = self.example_indices(int(step))
@@ -231,12 +241,12 @@ class BatchReader:
         for row, (payload, label) in zip(valid, records, strict=True):
             index = int(ids[row])
             labels[row] = label
+            if self.mode == "array" and isinstance(payload, np.ndarray):
+                image = payload
+            else:
+                image = self._decode(payload, index)
             if self.mode == "array":
-                array = (
-                    payload
-                    if isinstance(payload, np.ndarray)
-                    else np.asarray(tfds_source.decode_rgb(payload))
-                )
+                array = np.asarray(image)
                 if array.shape != self.image_shape:
                     raise ValueError(
                         f"Example {index} of {self.source!r} has shape {array.shape}, not "
@@ -244,17 +254,15 @@ class BatchReader:
                         "data.crop_in_loader=True."
                     )
                 images[row] = array
-                continue
-            image = tfds_source.decode_rgb(payload)
-            if self.mode == "center":
+            elif self.mode == "center":
                 images[row] = center_crop(image, self.image_size)
-                continue
-            rng = crop_rng(self.seed, epoch, index)
-            for v in range(self.num_views):
-                box = random_resized_crop_box(
-                    rng, image.height, image.width, self.crop_scale, self.crop_ratio
-                )
-                images[row, v] = crop_resize(image, box, self.image_size)
+            else:
+                rng = crop_rng(self.seed, epoch, index)
+                for v in range(self.num_views):
+                    box = random_resized_crop_box(
+                        rng, image.height, image.width, self.crop_scale, self.crop_ratio
+                    )
+                    images[row, v] = crop_resize(image, box, self.image_size)
         batch = {"image": images, "label": labels, "index": ids}
         if not self.drop_remainder:
             batch["mask"] = ids >= 0
