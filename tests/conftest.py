@@ -6,7 +6,9 @@ Tests that want one device place their arrays on ``jax.devices()[0]`` (the defau
 
 import os
 import pathlib
+import shutil
 import tarfile
+import tempfile
 
 import pytest
 
@@ -42,14 +44,28 @@ def shared_data_dir() -> pathlib.Path:
 
 
 @pytest.fixture(scope="session")
-def cifar10_dir(shared_data_dir: pathlib.Path, tmp_path_factory) -> pathlib.Path:
-    """CIFAR-10 JPEG folders unpacked once per session: ``<dir>/{train,test}/<class>/*.jpg``."""
+def cifar10_dir(shared_data_dir: pathlib.Path) -> pathlib.Path:
+    """CIFAR-10 JPEG folders: ``<dir>/{train,test}/<class>/*.jpg``, unpacked once and cached.
+
+    Unpacking 60,000 files costs seconds, and pytest's own clean-up of old temporary folders
+    holding such copies costs more; so the archive is unpacked once into a cache folder
+    (``$SSLJAX_CACHE``, default ``~/.cache/ssljax``) keyed by the archive's size and mtime,
+    with a marker written only after a complete extraction.
+    """
     archive = shared_data_dir / "cifar10-jpg.tar.gz"
     if not archive.is_file():
         _missing(f"CIFAR-10 archive {archive}")
-    out = tmp_path_factory.mktemp("cifar10")
-    with tarfile.open(archive) as tar:
-        tar.extractall(out, filter="data")
+    stat = archive.stat()
+    cache = pathlib.Path(os.environ.get("SSLJAX_CACHE", "~/.cache/ssljax")).expanduser()
+    out = cache / f"cifar10-jpg-{stat.st_size}-{int(stat.st_mtime)}"
+    marker = out / ".complete"
+    if not marker.exists():
+        tmp = pathlib.Path(tempfile.mkdtemp(dir=cache.mkdir(parents=True, exist_ok=True) or cache))
+        with tarfile.open(archive) as tar:
+            tar.extractall(tmp, filter="data")
+        shutil.rmtree(out, ignore_errors=True)
+        tmp.rename(out)
+        marker.touch()
     # The archive may hold a top-level folder; return the one that contains train/ and test/.
     for candidate in [out, *out.iterdir()]:
         if (candidate / "train").is_dir() and (candidate / "test").is_dir():
