@@ -24,9 +24,14 @@ def get_config(arg: str | None = None):
     c = config_schema.base_config()
     c.method = "barlow_twins"
     config_schema.set_dataset(c, preset)
+    # The official code builds torchvision's ResNet with zero_init_residual=True.
+    c.model.backbone_kwargs.zero_init_residual = True
     c.method_config.lambd = 5e-3
     c.heads.projector_hidden = (8192, 8192)
     c.heads.projector_dim = 8192
+    # Official projector: no biases anywhere (its affine-free BN is part of the loss).
+    c.heads.projector_use_bias = False
+    c.heads.projector_output_use_bias = False
     c.optimizer.name = "lars"
     if preset == "imagenet":
         c.global_batch = 2048

@@ -25,9 +25,16 @@ def get_config(arg: str | None = None):
     c = config_schema.base_config()
     c.method = "simsiam"
     config_schema.set_dataset(c, preset)
+    # The official code builds torchvision's ResNet with zero_init_residual=True.
+    c.model.backbone_kwargs.zero_init_residual = True
     c.heads.projector_hidden = (2048, 2048)
     c.heads.projector_dim = 2048
+    # Official builder.py: projector Linears without bias (the last one's frozen bias is
+    # cancelled by the affine-free BN); predictor hidden without, output with bias.
     c.heads.projector_use_bias = False
+    c.heads.projector_output_use_bias = False
+    c.heads.predictor_use_bias = False
+    c.heads.predictor_output_use_bias = True
     c.heads.projector_output_bn = True
     c.heads.projector_output_bn_affine = False
     c.heads.predictor_hidden = (512,)

@@ -368,8 +368,7 @@ def adjust_hue(image: jax.Array, delta: jax.Array) -> jax.Array:
     minc = jnp.minimum(jnp.minimum(r, g), b)
     chroma = maxc - minc
     # Grey pixels have no hue; the divisor guard keeps them finite (their H is 0, C is 0).
-    safe = jnp.where(chroma > 0, chroma, 1.0)
-    rc, gc, bc = (maxc - r) / safe, (maxc - g) / safe, (maxc - b) / safe
+    inv_chroma = 1.0 / jnp.where(chroma > 0, chroma, 1.0)
     # Which channel is the maximum, ties to R then G as torchvision. Decided by comparing the
     # channels, not by `maxc == r`: XLA may recompute r in another fusion with different FMA
     # contraction, and an exact-equality test then fails for every channel (seen under
@@ -377,13 +376,19 @@ def adjust_hue(image: jax.Array, delta: jax.Array) -> jax.Array:
     # two sectors' formulas agree.
     is_r = (r >= g) & (r >= b)
     is_g = ~is_r & (g >= b)
-    is_b = ~is_r & ~is_g
-    h6 = jnp.where(is_r, bc - gc, 0.0) + jnp.where(is_g, 2.0 + rc - bc, 0.0)
-    h6 = h6 + jnp.where(is_b, 4.0 + gc - rc, 0.0)  # h6 = 6 H, in [-1, 5)
-    h6 = jnp.mod(h6 + 6.0 * delta, 6.0)
+    # 6 H in [-1, 5): torchvision's bc - gc, 2 + rc - bc, 4 + gc - rc, simplified.
+    h6 = jnp.where(
+        is_r,
+        (g - b) * inv_chroma,
+        jnp.where(is_g, 2.0 + (b - r) * inv_chroma, 4.0 + (r - g) * inv_chroma),
+    )
+    h6 = h6 + 6.0 * delta
+    # Modulo by floor, not jnp.mod: XLA:CPU lowers rem to a scalar fmod call per element.
+    h6 = h6 - 6.0 * jnp.floor(h6 / 6.0)  # [0, 6]
     channels = []
     for n in (5.0, 3.0, 1.0):
-        k = jnp.mod(n + h6, 6.0)
+        k = n + h6
+        k = jnp.where(k >= 6.0, k - 6.0, k)
         channels.append(maxc - chroma * jnp.clip(jnp.minimum(k, 4.0 - k), 0.0, 1.0))
     return jnp.clip(jnp.stack(channels, axis=-1), 0.0, 1.0)
 
@@ -415,12 +420,36 @@ def blur_radius(image_size: int) -> int:
     return int(image_size / 10.0 / 2.0)
 
 
+def _blur_matrix(sigma: jax.Array, size: int, radius: int) -> jax.Array:
+    """[size, size] matrix of the 1-D Gaussian convolution, reflect padding folded in.
+
+    out[o] = sum_t k(t) x[reflect(o + t)], t = -radius..radius, k(t) = exp(-t^2 / 2 sigma^2) / Z,
+    reflect(j) = -j below 0 and 2 (size - 1) - j above size - 1 (edge pixel not repeated).
+    Source j lands on column i = reflect(j), so M[o, i] = k(i - o) + [i >= 1] k(-i - o)
+    + [i <= size - 2] k(2 (size - 1) - i - o), with k(d) = 0 for |d| > radius
+    (radius < size, so a tap is reflected at most once).
+    """
+    o = jnp.arange(size, dtype=jnp.float32)[:, None]
+    i = jnp.arange(size, dtype=jnp.float32)[None, :]
+
+    def k(d):
+        return jnp.where(jnp.abs(d) <= radius, jnp.exp(-0.5 * jnp.square(d / sigma)), 0.0)
+
+    t = jnp.arange(-radius, radius + 1, dtype=jnp.float32)
+    norm = jnp.sum(jnp.exp(-0.5 * jnp.square(t / sigma)))
+    m = k(i - o) + jnp.where(i >= 1, k(-i - o), 0.0)
+    m = m + jnp.where(i <= size - 2, k(2.0 * (size - 1) - i - o), 0.0)
+    return m / norm
+
+
 def gaussian_blur(image: jax.Array, sigma: jax.Array, radius: int) -> jax.Array:
     """Separable Gaussian blur with reflect padding (torchvision ``gaussian_blur``).
 
     Kernel k(t) = exp(-t^2 / (2 sigma^2)) / sum, t = -radius..radius, applied along H then W.
     Reflect padding mirrors about the edge pixel without repeating it (PyTorch 'reflect',
-    NumPy 'reflect', SciPy 'mirror').
+    NumPy 'reflect', SciPy 'mirror'). Each 1-D pass is a product with a banded matrix that
+    holds the padding: at 224x224 (23 taps) this ran 1.7x faster on CPU than 23 shifted adds
+    (and 9x faster than a depthwise convolution), and it maps onto a TPU's matrix unit.
 
     Args:
         image: float [H, W, C].
@@ -432,14 +461,12 @@ def gaussian_blur(image: jax.Array, sigma: jax.Array, radius: int) -> jax.Array:
     """
     if radius <= 0:
         return image
-    t = jnp.arange(-radius, radius + 1, dtype=jnp.float32)
-    kernel = jnp.exp(-0.5 * jnp.square(t / sigma))
-    kernel = kernel / jnp.sum(kernel)
-    height, width = image.shape[0], image.shape[1]
-    padded = jnp.pad(image, ((radius, radius), (0, 0), (0, 0)), mode="reflect")
-    out = sum(kernel[i] * padded[i : i + height] for i in range(2 * radius + 1))
-    padded = jnp.pad(out, ((0, 0), (radius, radius), (0, 0)), mode="reflect")
-    return sum(kernel[i] * padded[:, i : i + width] for i in range(2 * radius + 1))
+    blur_h = _blur_matrix(sigma, image.shape[0], radius)
+    blur_w = (
+        blur_h if image.shape[1] == image.shape[0] else _blur_matrix(sigma, image.shape[1], radius)
+    )
+    out = jnp.einsum("oh,hwc->owc", blur_h, image, precision=_HIGHEST)
+    return jnp.einsum("pw,owc->opc", blur_w, out, precision=_HIGHEST)
 
 
 def _resample_weights(start: jax.Array, length: jax.Array, in_size: int, out_size: int):

@@ -52,11 +52,16 @@ def base_config() -> ml_collections.ConfigDict:
     c.heads = ml_collections.ConfigDict()
     c.heads.projector_hidden = (4096,)
     c.heads.projector_dim = 256
+    # Biases of the hidden and output Dense layers, as the official codes have them (BYOL's
+    # Haiku MLP: hidden with bias, output without).
     c.heads.projector_use_bias = True
+    c.heads.projector_output_use_bias = False
     c.heads.projector_output_bn = False
     c.heads.projector_output_bn_affine = True
     c.heads.predictor_hidden = (4096,)
     c.heads.predictor_dim = 256
+    c.heads.predictor_use_bias = True
+    c.heads.predictor_output_use_bias = False
 
     c.data = ml_collections.ConfigDict()
     c.data.name = "digits"

@@ -66,12 +66,17 @@ def build_heads(config: ml_collections.ConfigDict, method: methods.Method, dtype
         output_bn=h.projector_output_bn,
         output_bn_affine=h.projector_output_bn_affine,
         use_bias=h.projector_use_bias,
+        output_use_bias=h.projector_output_use_bias,
         dtype=dtype,
     )
     predictor = None
     if method.has_predictor:
         predictor = models_lib.MLP(
-            hidden_dims=tuple(h.predictor_hidden), output_dim=h.predictor_dim, dtype=dtype
+            hidden_dims=tuple(h.predictor_hidden),
+            output_dim=h.predictor_dim,
+            use_bias=h.predictor_use_bias,
+            output_use_bias=h.predictor_output_use_bias,
+            dtype=dtype,
         )
     return projector, predictor
 
