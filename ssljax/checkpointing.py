@@ -197,7 +197,9 @@ def check_config_matches(config: ml_collections.ConfigDict, workdir: str) -> Non
     diffs = config_differences(saved, current)
     if not diffs:
         return
-    lines = "\n".join(f"  {k}: checkpoint has {a!r}, this run has {b!r}" for k, (a, b) in diffs.items())
+    lines = "\n".join(
+        f"  {k}: checkpoint has {a!r}, this run has {b!r}" for k, (a, b) in diffs.items()
+    )
     if config.get("allow_config_change", False):
         logging.warning("Resuming despite config changes:\n%s", lines)
         return
@@ -222,7 +224,11 @@ def load_params_from(path: str, state: Any, shardings: Any) -> Any:
     Raises:
       FileNotFoundError: if ``path`` has no readable checkpoint.
     """
-    directory = path if os.path.basename(path.rstrip("/")) == "checkpoints" else os.path.join(path, "checkpoints")
+    directory = (
+        path
+        if os.path.basename(path.rstrip("/")) == "checkpoints"
+        else os.path.join(path, "checkpoints")
+    )
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"config.init_from: no checkpoints folder at {directory}.")
     ckpt = Checkpointer(directory, async_save=False)

@@ -18,7 +18,7 @@ def _check_matrix(x: jax.Array, name: str) -> jax.Array:
 
 
 def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
-    """Rows scaled to unit L2 norm (``x / max(||x||, eps)``, as ``torch.nn.functional.normalize``)."""
+    """Rows scaled to unit L2 norm: ``x / max(||x||, eps)`` (``torch.nn.functional.normalize``)."""
     x = x.astype(jnp.float32)
     return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
 

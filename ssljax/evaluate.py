@@ -67,8 +67,12 @@ def load_run(workdir: str, config: ml_collections.ConfigDict | None = None):
     config_path = os.path.join(workdir, "config.json")
     ckpt_dir = os.path.join(workdir, "checkpoints")
     if not os.path.isfile(config_path):
-        found = sorted(os.listdir(workdir)) if os.path.isdir(workdir) else "nothing (no such folder)"
-        raise FileNotFoundError(f"{workdir} holds no config.json of a training run; found: {found}.")
+        found = (
+            sorted(os.listdir(workdir)) if os.path.isdir(workdir) else "nothing (no such folder)"
+        )
+        raise FileNotFoundError(
+            f"{workdir} holds no config.json of a training run; found: {found}."
+        )
     with open(config_path, encoding="utf-8") as f:
         saved = ml_collections.ConfigDict(json.load(f))
     config = config or saved
@@ -195,7 +199,9 @@ def train_linear_classifier(
     return {"w": np.asarray(params["w"]), "b": np.asarray(params["b"]), "mean": mean, "std": std}
 
 
-def classifier_accuracy(clf: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray) -> dict[str, float]:
+def classifier_accuracy(
+    clf: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray
+) -> dict[str, float]:
     """Top-1 and top-5 accuracy of a classifier from :func:`train_linear_classifier`."""
     logits = ((np.asarray(x, np.float32) - clf["mean"]) / clf["std"]) @ clf["w"] + clf["b"]
     order = np.argsort(-logits, axis=1)
@@ -268,7 +274,9 @@ def evaluate_run(workdir: str, protocol: str, **protocol_kwargs) -> dict[str, fl
             train_feats, test_feats, num_classes=info.num_classes, **protocol_kwargs
         )
     else:
-        results = knn_protocol(train_feats, test_feats, num_classes=info.num_classes, **protocol_kwargs)
+        results = knn_protocol(
+            train_feats, test_feats, num_classes=info.num_classes, **protocol_kwargs
+        )
     results["feature_seconds"] = feature_seconds
     results["rankme"] = float(rankme(jnp.asarray(test_feats[0])))
     results["normalized_std"] = float(normalized_std(jnp.asarray(test_feats[0])))

@@ -24,8 +24,18 @@ import ml_collections
 import numpy as np
 import optax
 
-from ssljax import augment, config_schema, data, diagnostics, knn, metric_writers, methods, optim
-from ssljax import checkpointing, sharding
+from ssljax import (
+    augment,
+    checkpointing,
+    config_schema,
+    data,
+    diagnostics,
+    knn,
+    methods,
+    metric_writers,
+    optim,
+    sharding,
+)
 from ssljax import models as models_lib
 from ssljax.models.siamese import SiameseNetwork
 from ssljax.train_state import TrainState
@@ -179,7 +189,9 @@ def init_state(comps: Components, config: ml_collections.ConfigDict, rng: jax.Ar
       A :class:`TrainState` at step 0.
     """
     init_rng, probe_rng, train_rng = jax.random.split(rng, 3)
-    variables = _init_variables(comps.online_net, init_rng, config.data.image_size, comps.dataset_info)
+    variables = _init_variables(
+        comps.online_net, init_rng, config.data.image_size, comps.dataset_info
+    )
     params, batch_stats = variables["params"], variables.get("batch_stats", {})
     feat_shape = jax.eval_shape(
         lambda p, b: comps.online_net.apply(
@@ -225,7 +237,10 @@ def _forward_views(net, params, batch_stats, views):
     outputs = []
     for view in views:
         out, updates = net.apply(
-            {"params": params, "batch_stats": batch_stats}, view, train=True, mutable=["batch_stats"]
+            {"params": params, "batch_stats": batch_stats},
+            view,
+            train=True,
+            mutable=["batch_stats"],
         )
         batch_stats = updates["batch_stats"]
         outputs.append(out)
@@ -411,8 +426,12 @@ def run_knn_monitor(
         )
         for split in (config.data.train_split, config.data.eval_split)
     }
-    train_x, train_y = compute_features(feature_fn, state, iter(loaders[config.data.train_split]), mesh)
-    test_x, test_y = compute_features(feature_fn, state, iter(loaders[config.data.eval_split]), mesh)
+    train_x, train_y = compute_features(
+        feature_fn, state, iter(loaders[config.data.train_split]), mesh
+    )
+    test_x, test_y = compute_features(
+        feature_fn, state, iter(loaders[config.data.eval_split]), mesh
+    )
     acc = knn.knn_accuracy(
         train_x,
         train_y,
@@ -500,7 +519,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         logging.info("Resumed from step %d of %s.", int(state.step), workdir)
     else:
         loader_state = None
-        state = jax.jit(functools.partial(init_state, comps, config), out_shardings=state_sharding)(rng)
+        state = jax.jit(functools.partial(init_state, comps, config), out_shardings=state_sharding)(
+            rng
+        )
         if config.init_from:
             state = checkpointing.load_params_from(config.init_from, state, state_sharding)
         if is_main:
@@ -541,6 +562,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         else 0
     )
     last: dict[str, float] = {}
+    if config.knn.at_start and start_step == 0:
+        res = run_knn_monitor(config, comps, state, mesh, feature_fn)
+        last["knn_top1_init"] = res["knn_top1"]
+        if writer:
+            writer.write_scalars(0, res)
     pending: list[tuple[int, dict[str, jax.Array]]] = []
     t0 = time.perf_counter()
     step = start_step
@@ -557,7 +583,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 for s, m in fetched:
                     if writer:
                         writer.write_scalars(s, m)
-                last = {k: float(v) for k, v in fetched[-1][1].items()}
+                last.update({k: float(v) for k, v in fetched[-1][1].items()})
                 if progress:
                     ips = progress.update(
                         step, {k: last[k] for k in ("loss", "probe_accuracy") if k in last}

@@ -14,8 +14,9 @@ PyTree = Any
 
 
 class TrainState(flax.struct.PyTreeNode):
-    """Everything that changes during training (the static parts -- modules, optimizers,
-    schedules -- live in the step function's closure).
+    """Everything that changes during training.
+
+    The static parts (modules, optimizers, schedules) live in the step function's closure.
 
     Attributes:
       step: number of optimizer steps taken (int32 scalar).

@@ -70,7 +70,9 @@ def cifar10_dir(shared_data_dir: pathlib.Path) -> pathlib.Path:
     for candidate in [out, *out.iterdir()]:
         if (candidate / "train").is_dir() and (candidate / "test").is_dir():
             return candidate
-    raise RuntimeError(f"{archive} does not unpack to train/ and test/ folders: {list(out.iterdir())}")
+    raise RuntimeError(
+        f"{archive} does not unpack to train/ and test/ folders: {list(out.iterdir())}"
+    )
 
 
 @pytest.fixture(scope="session")

@@ -121,10 +121,14 @@ def test_byol_target_is_ema_of_online(cifar_batch):
         old_target,
         {k: v for k, v in new_state.params.items() if k != "predictor"},
     )
-    for got, want in zip(jax.tree.leaves(new_state.target_params), jax.tree.leaves(expected)):
+    got_leaves, want_leaves = jax.tree.leaves(new_state.target_params), jax.tree.leaves(expected)
+    for got, want in zip(got_leaves, want_leaves, strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
     # The target moved: it is not still the initial copy.
-    moved = [not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(old_target), jax.tree.leaves(new_state.target_params))]
+    moved = [
+        not np.array_equal(a, b)
+        for a, b in zip(jax.tree.leaves(old_target), got_leaves, strict=True)
+    ]
     assert any(moved)
 
 
@@ -181,7 +185,7 @@ def test_probe_does_not_touch_the_backbone(cifar_batch):
         jax.tree.leaves(s1.probe_params)[0], jax.tree.leaves(build(with_probe)[1].probe_params)[0]
     )
     # ... and the online network is exactly what it is without a probe.
-    for a, b in zip(jax.tree.leaves(s1.params), jax.tree.leaves(s2.params)):
+    for a, b in zip(jax.tree.leaves(s1.params), jax.tree.leaves(s2.params), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-8)
 
 
@@ -212,7 +216,7 @@ def test_eight_devices_equal_one(method, cifar_batch):
         s, m = sharded(s, b)
         m_sharded.append(float(m["loss"]))
     np.testing.assert_allclose(m_sharded, m_single, rtol=1e-5)
-    for a, b_ in zip(jax.tree.leaves(s.params), jax.tree.leaves(params_single)):
+    for a, b_ in zip(jax.tree.leaves(s.params), jax.tree.leaves(params_single), strict=True):
         np.testing.assert_allclose(a, b_, rtol=1e-5, atol=1e-6)
 
 
@@ -242,7 +246,10 @@ def test_main_on_digits_writes_logs_and_checkpoints_then_resumes(tmp_path):
     assert list(workdir.glob("events.out.tfevents.*"))
     rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4, 5, 6]
-    assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == [3, 6]
+    assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == [
+        3,
+        6,
+    ]
 
     config.num_steps = 8
     train.train_and_evaluate(config, str(workdir))
