@@ -101,9 +101,10 @@ def test_solarize_matches_pil(cifar_u8):
     np.testing.assert_allclose(ours, ref, atol=1e-6)
 
 
-@pytest.mark.parametrize("sigma, width", [(0.4, 32), (1.7, 32), (1.1, 20)])
-def test_blur_matches_scipy(cifar_u8, sigma, width):
-    radius = 3
+@pytest.mark.parametrize(
+    "sigma, width, radius", [(0.4, 32, 3), (1.7, 32, 3), (1.1, 20, 5), (0.9, 32, 1), (2.0, 20, 2)]
+)
+def test_blur_matches_scipy(cifar_u8, sigma, width, radius):
     images = np.ascontiguousarray(cifar_u8[:8, :, :width])
     x = images.astype(np.float64) / 255.0
     # SciPy's 'mirror' is PyTorch's/NumPy's 'reflect' (edge pixel not repeated).
