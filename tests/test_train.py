@@ -230,7 +230,8 @@ def test_invalid_config_fails_before_compilation():
     c = small_config("byol", **{"optimizer.base_lr": -0.1})
     with pytest.raises(ValueError, match="config.optimizer.base_lr"):
         config_schema.validate(c, num_devices=1)
-    c = small_config("byol", method="mocov9")
+    c = small_config("byol")
+    c.method = "mocov9"
     with pytest.raises(ValueError, match="byol"):
         config_schema.validate(c, num_devices=1)
 
