@@ -34,6 +34,7 @@ from ssljax import (
     methods,
     metric_writers,
     optim,
+    preemption,
     sharding,
 )
 from ssljax import models as models_lib
@@ -119,7 +120,18 @@ def build_components(
         total_steps = int(config.num_steps)
     else:
         total_steps = max(int(math.ceil(config.num_epochs * steps_per_epoch)), 1)
-    warmup_steps = min(int(round(config.warmup_epochs * steps_per_epoch)), total_steps)
+    warmup_steps = int(round(config.warmup_epochs * steps_per_epoch))
+    if warmup_steps >= total_steps:
+        # Short (smoke-test) runs: a warm-up as long as the run would never reach the peak.
+        logging.warning(
+            "config.warmup_epochs=%s is %d steps, not shorter than the run's %d steps; "
+            "using a warm-up of %d steps.",
+            config.warmup_epochs,
+            warmup_steps,
+            total_steps,
+            total_steps - 1,
+        )
+        warmup_steps = total_steps - 1
 
     # The optimizer is built against the shapes of the online params, so their paths can be
     # matched by the weight-decay and fixed-lr masks.
@@ -453,6 +465,26 @@ def _save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
         f.write(config.to_json_best_effort(indent=2, sort_keys=True))
 
 
+def check_workdir(workdir: str) -> None:
+    """Fails fast if ``workdir`` cannot be created, written and read back.
+
+    Raises:
+      PermissionError: naming the folder and what to do.
+    """
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        probe = os.path.join(workdir, f".write_test_{os.getpid()}")
+        with open(probe, "w", encoding="utf-8") as f:
+            f.write("ok")
+        with open(probe, encoding="utf-8") as f:
+            f.read()
+        os.remove(probe)
+    except OSError as err:
+        raise PermissionError(
+            f"--workdir={workdir} is not writable ({err}); choose a folder you can write to."
+        ) from err
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     """Pretrains ``config.method`` on ``config.data`` into ``workdir``, resuming if possible.
 
@@ -461,20 +493,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       workdir: where checkpoints, ``config.json``, TensorBoard events and ``metrics.jsonl`` go.
 
     Returns:
-      The last logged scalars (and the final kNN accuracy when measured).
+      The last logged scalars (and the final kNN accuracy when measured); ``preempted`` is 1.0
+      when the run stopped early on SIGTERM (after writing a checkpoint).
 
     Raises:
-      ValueError: for an invalid config, before anything is compiled.
+      ValueError: for an invalid config or a workdir holding a run with another config,
+        before anything is compiled.
+      FloatingPointError: after ``config.max_consecutive_nonfinite`` non-finite steps in a row.
     """
-    # 1. Checks first: a typo must cost a second, not a compilation.
+    # --- Start-up checks: a typo must cost a second, not a compilation. -----------------------
     workdir = os.path.abspath(os.path.expanduser(workdir))
     config_schema.validate(
         config, num_devices=jax.device_count(), num_processes=jax.process_count()
     )
-    os.makedirs(workdir, exist_ok=True)
+    check_workdir(workdir)
+    # Before restoring anything: a workdir of another run must not be resumed (and a model
+    # whose shapes differ must not be mistaken for a damaged checkpoint).
+    checkpointing.check_config_matches(config, workdir)
     is_main = jax.process_index() == 0
 
-    # Mesh: the global batch split over every device of every process.
+    # --- Mesh: the global batch split over every device of every process. ---------------------
     mesh = sharding.make_mesh()
     data_sharding = sharding.batch_sharding(mesh)
     repl = sharding.replicated(mesh)
@@ -486,7 +524,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         config.global_batch,
     )
 
-    # Input.
+    # --- Input and model (the dataset must be prepared: get_dataset_info says how if not). ----
     info = data.get_dataset_info(config.data)
     num_train = info.split_sizes[config.data.train_split]
     comps = build_components(config, info, num_train_examples=num_train)
@@ -500,7 +538,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         comps.warmup_steps,
     )
 
-    # State, created directly with its sharding (replicated) so no host copy is made.
+    # --- State, created directly with its sharding so no host copy is made. -------------------
     # A raw uint32 key: checkpointable as a plain array and selectable with jnp.where.
     rng = jax.random.PRNGKey(config.seed)
     state_shapes = jax.eval_shape(functools.partial(init_state, comps, config), rng)
@@ -510,18 +548,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         keep=config.checkpoint.keep,
         async_save=config.checkpoint.async_save,
     )
-    # Resume order: (1) the newest checkpoint in the workdir, (2) config.init_from,
+    # Resume order: (1) the newest readable checkpoint in the workdir, (2) config.init_from,
     # (3) random initialisation.
     restored = ckpt.restore_latest(state_shapes, state_sharding)
     if restored is not None:
         state, loader_state = restored
-        checkpointing.check_config_matches(config, workdir)
         logging.info("Resumed from step %d of %s.", int(state.step), workdir)
     else:
         loader_state = None
-        state = jax.jit(functools.partial(init_state, comps, config), out_shardings=state_sharding)(
-            rng
-        )
+        init = jax.jit(functools.partial(init_state, comps, config), out_shardings=state_sharding)
+        state = init(rng)
         if config.init_from:
             state = checkpointing.load_params_from(config.init_from, state, state_sharding)
         if is_main:
@@ -536,12 +572,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         shuffle=True,
         drop_remainder=True,
     )
-    train_iter = iter(train_loader)
     if loader_state is not None:
-        train_iter.set_state(loader_state)
-    batches = data.device_prefetch(train_iter, data_sharding, size=2)
+        train_loader.set_state(loader_state)
+    batches = data.device_prefetch(train_loader, data_sharding, size=2)
 
-    # The step: compiled once, state donated so its buffers are reused in place.
+    # --- The step: compiled once, state donated so its buffers are reused in place. -----------
     train_step = jax.jit(
         make_train_step(comps, config),
         in_shardings=(state_sharding, data_sharding),
@@ -550,6 +585,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     )
     feature_fn = make_feature_fn(comps)
 
+    # --- Loop. ----------------------------------------------------------------------------------
     writer = metric_writers.MetricWriter(workdir) if is_main else None
     progress = (
         metric_writers.ProgressBar(comps.total_steps, start_step, config.global_batch)
@@ -568,53 +604,45 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         if writer:
             writer.write_scalars(0, res)
     pending: list[tuple[int, dict[str, jax.Array]]] = []
+    preempted = False
     t0 = time.perf_counter()
-    step = start_step
     try:
-        for step in range(start_step + 1, comps.total_steps + 1):
-            batch = next(batches)
-            state, metrics = train_step(state, batch)
-            # Metrics stay on device; they are fetched only every log_every_steps, so the host
-            # never waits for a step to finish in between.
-            pending.append((step, metrics))
-            if step % config.log_every_steps == 0 or step == comps.total_steps:
-                fetched = jax.device_get(pending)
-                pending = []
-                for s, m in fetched:
+        with preemption.PreemptionWatcher() as watcher:
+            for step in range(start_step + 1, comps.total_steps + 1):
+                state, metrics = train_step(state, next(batches))
+                # Metrics stay on device and are fetched every log_every_steps, so the host
+                # never waits for a step to finish in between.
+                pending.append((step, metrics))
+                stop = watcher.should_stop(step)
+                if step % config.log_every_steps == 0 or step == comps.total_steps or stop:
+                    last.update(_flush_metrics(pending, writer, progress, step))
+                    pending = []
+                    _check_nonfinite(state, step, config, ckpt)
+                if stop:
+                    preempted = True
+                    logging.warning("Stopping at step %d on request; checkpointing.", step)
+                    break
+                if step % config.checkpoint.every_steps == 0 and step != comps.total_steps:
+                    ckpt.save(step, state, batches.state_of_last_consumed())
+                if knn_every and step % knn_every == 0 and step != comps.total_steps:
+                    res = run_knn_monitor(config, comps, state, mesh, feature_fn)
                     if writer:
-                        writer.write_scalars(s, m)
-                last.update({k: float(v) for k, v in fetched[-1][1].items()})
-                if progress:
-                    ips = progress.update(
-                        step, {k: last[k] for k in ("loss", "probe_accuracy") if k in last}
-                    )
-                    if writer:
-                        writer.write_scalars(step, {"images_per_sec": ips})
-                if int(state.nonfinite_count) >= config.max_consecutive_nonfinite:
-                    raise FloatingPointError(
-                        f"{int(state.nonfinite_count)} consecutive non-finite steps ending at "
-                        f"step {step}; last good checkpoint: step {ckpt.latest_step()} in "
-                        f"{ckpt.directory}. Lower optimizer.base_lr or check the data."
-                    )
-            if step % config.checkpoint.every_steps == 0 and step != comps.total_steps:
-                ckpt.save(step, state, batches.state_of_last_consumed())
-            if knn_every and step % knn_every == 0 and step != comps.total_steps:
-                res = run_knn_monitor(config, comps, state, mesh, feature_fn)
-                if writer:
-                    writer.write_scalars(step, res)
+                        writer.write_scalars(step, res)
     finally:
         if progress:
             progress.close()
-    # Final checkpoint, written synchronously so nothing is lost when the process exits.
+        batches.close()
+    # Final (or preemption) checkpoint; wait() makes it complete before the process exits.
     if int(state.step) > start_step:
         ckpt.save(int(state.step), state, batches.state_of_last_consumed(), force=True)
     ckpt.wait()
     elapsed = time.perf_counter() - t0
     done = int(state.step) - start_step
     last["wall_time_s"] = elapsed
+    last["preempted"] = float(preempted)
     if done:
         last["images_per_sec_overall"] = done * config.global_batch / elapsed
-    if config.knn.at_end:
+    if config.knn.at_end and not preempted:
         res = run_knn_monitor(config, comps, state, mesh, feature_fn)
         last.update(res)
         if writer:
@@ -623,6 +651,35 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         writer.close()
         with open(os.path.join(workdir, "summary.json"), "w", encoding="utf-8") as f:
             json.dump({"step": int(state.step), **last}, f, indent=2)
-    batches.close()
     ckpt.close()
     return last
+
+
+def _flush_metrics(pending, writer, progress, step: int) -> dict[str, float]:
+    """Fetches the metrics of the steps since the last flush and reports them."""
+    fetched = jax.device_get(pending)
+    for s, m in fetched:
+        if writer:
+            writer.write_scalars(s, m)
+    last = {k: float(v) for k, v in fetched[-1][1].items()}
+    if progress:
+        shown = {k: last[k] for k in ("loss", "probe_accuracy") if k in last}
+        ips = progress.update(step, shown)
+        last["images_per_sec"] = ips
+        if writer:
+            writer.write_scalars(step, {"images_per_sec": ips})
+    return last
+
+
+def _check_nonfinite(state: TrainState, step: int, config, ckpt) -> None:
+    """Stops the run after ``config.max_consecutive_nonfinite`` skipped steps in a row."""
+    bad = int(state.nonfinite_count)
+    if bad >= config.max_consecutive_nonfinite:
+        raise FloatingPointError(
+            f"{bad} consecutive steps with a non-finite loss or gradient, ending at step {step} "
+            f"(the state was left unchanged by each). Last good checkpoint: step "
+            f"{ckpt.latest_step()} in {ckpt.directory}. Lower optimizer.base_lr, check the data, "
+            "or raise config.max_consecutive_nonfinite."
+        )
+    if bad:
+        logging.warning("Step %d: %d consecutive non-finite step(s) skipped.", step, bad)

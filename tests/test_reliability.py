@@ -1,0 +1,312 @@
+"""Reliability: exact resumption after SIGKILL, clean stop on SIGTERM, damaged checkpoints,
+non-finite steps, a workdir of another run, and start-up checks.
+
+The process-level tests run ``python -m ssljax.main`` on the embedded digits dataset, as a user
+would, and compare the final parameters bit for bit with an uninterrupted run.
+"""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from ssljax import config_schema, train
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+STEPS = 24
+OVERRIDES = [
+    f"--config.num_steps={STEPS}",
+    "--config.global_batch=32",
+    "--config.checkpoint.every_steps=2",
+    "--config.log_every_steps=1",
+    "--config.knn.at_start=False",
+    "--config.knn.at_end=False",
+    "--config.knn.every_epochs=0",
+    "--config.heads.projector_hidden=(64,)",
+    "--config.heads.predictor_hidden=(64,)",
+]
+
+
+def _env(tmp_root: pathlib.Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+    env["JAX_PLATFORMS"] = "cpu"
+    # Fast compiles: the same (unoptimised) program in every run keeps results bitwise equal.
+    env["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "1"
+    return env
+
+
+def _command(workdir: pathlib.Path, data_dir: pathlib.Path) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "ssljax.main",
+        "--config=configs/byol.py",
+        f"--workdir={workdir}",
+        f"--config.data.data_dir={data_dir}",
+        *OVERRIDES,
+    ]
+
+
+def _run(workdir, data_dir, env) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        _command(workdir, data_dir), cwd=REPO, env=env, capture_output=True, text=True, timeout=600
+    )
+
+
+def _complete_steps(workdir: pathlib.Path) -> list[int]:
+    ckpts = workdir / "checkpoints"
+    if not ckpts.is_dir():
+        return []
+    return sorted(int(p.name) for p in ckpts.iterdir() if p.name.isdigit())
+
+
+def _start_and_signal(workdir, data_dir, env, sig, after_step: int) -> subprocess.Popen:
+    """Starts a run and sends ``sig`` once a checkpoint of step >= after_step is complete."""
+    proc = subprocess.Popen(
+        _command(workdir, data_dir),
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.time() + 600
+    while time.time() < deadline:
+        steps = _complete_steps(workdir)
+        if steps and steps[-1] >= after_step:
+            break
+        if proc.poll() is not None:
+            out = proc.stdout.read()
+            pytest.fail(f"run ended before step {after_step}: rc={proc.returncode}\n{out[-3000:]}")
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run finished before it could be interrupted"
+    proc.send_signal(sig)
+    return proc
+
+
+def _final_params(workdir: pathlib.Path) -> dict[str, np.ndarray]:
+    step = _complete_steps(workdir)[-1]
+    restored = ocp.PyTreeCheckpointer().restore(workdir / "checkpoints" / str(step) / "state")
+    flat = {}
+
+    def walk(tree, prefix):
+        if isinstance(tree, dict):
+            for k, v in tree.items():
+                walk(v, f"{prefix}/{k}")
+        else:
+            flat[prefix] = np.asarray(tree)
+
+    for key in ("params", "target_params", "opt_state", "probe_params", "batch_stats"):
+        walk(restored[key], key)
+    return step, flat
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("data")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, data_dir):
+    workdir = tmp_path_factory.mktemp("uninterrupted")
+    result = _run(workdir, data_dir, _env(workdir))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return _final_params(workdir)
+
+
+def _assert_bitwise_equal(a, b):
+    step_a, pa = a
+    step_b, pb = b
+    assert step_a == step_b == STEPS
+    assert pa.keys() == pb.keys()
+    for k in pa:
+        np.testing.assert_array_equal(pa[k], pb[k], err_msg=k)
+
+
+def test_sigkill_then_restart_is_bitwise_identical(tmp_path, data_dir, uninterrupted):
+    workdir = tmp_path / "killed"
+    env = _env(workdir)
+    proc = _start_and_signal(workdir, data_dir, env, signal.SIGKILL, after_step=6)
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    killed_at = _complete_steps(workdir)[-1]
+    assert 6 <= killed_at < STEPS
+    result = _run(workdir, data_dir, env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"Resumed from step {killed_at}" in result.stderr
+    _assert_bitwise_equal(_final_params(workdir), uninterrupted)
+
+
+def test_sigterm_checkpoints_exits_zero_and_resumes(tmp_path, data_dir, uninterrupted):
+    workdir = tmp_path / "preempted"
+    env = _env(workdir)
+    proc = _start_and_signal(workdir, data_dir, env, signal.SIGTERM, after_step=4)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out[-3000:]
+    summary = json.loads((workdir / "summary.json").read_text())
+    assert summary["preempted"] == 1.0 and summary["step"] < STEPS
+    # The checkpoint of the step in flight was written synchronously before exiting.
+    assert _complete_steps(workdir)[-1] == summary["step"]
+    result = _run(workdir, data_dir, env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"Resumed from step {summary['step']}" in result.stderr
+    _assert_bitwise_equal(_final_params(workdir), uninterrupted)
+
+
+# ------------------------------------------------------------------------------------------------
+# In-process behaviours.
+# ------------------------------------------------------------------------------------------------
+def small_config(tmp_path, **overrides):
+    c = config_schema.load_config(str(REPO / "configs" / "byol.py"))
+    c.data.data_dir = str(tmp_path / "data")
+    c.global_batch = 32
+    c.num_steps = 6
+    c.checkpoint.every_steps = 2
+    c.checkpoint.async_save = False
+    c.log_every_steps = 1
+    c.knn.at_start = False
+    c.knn.at_end = False
+    c.knn.every_epochs = 0.0
+    c.heads.projector_hidden = (64,)
+    c.heads.predictor_hidden = (64,)
+    for k, v in overrides.items():
+        node = c
+        *parents, leaf = k.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = v
+    return c
+
+
+@pytest.fixture(autouse=True)
+def _fast_compiles():
+    import jax
+
+    jax.config.update("jax_disable_most_optimizations", True)
+    yield
+    jax.config.update("jax_disable_most_optimizations", False)
+
+
+def test_damaged_newest_checkpoint_falls_back_to_previous(tmp_path, caplog):
+    workdir = tmp_path / "run"
+    config = small_config(tmp_path)
+    train.train_and_evaluate(config, str(workdir))
+    assert _complete_steps(workdir) == [2, 4, 6]
+    # Damage the newest checkpoint: truncate every data file of its state.
+    newest = workdir / "checkpoints" / "6"
+    data_files = [p for p in newest.rglob("*") if p.is_file() and p.stat().st_size > 0]
+    for p in data_files:
+        with open(p, "r+b") as f:
+            f.truncate(p.stat().st_size // 3)
+    config.num_steps = 8
+    with caplog.at_level("INFO"):
+        out = train.train_and_evaluate(config, str(workdir))
+    assert any("checkpoints/6 is damaged" in r.getMessage() for r in caplog.records)
+    assert any("Resumed from step 4" in r.getMessage() for r in caplog.records)
+    assert (workdir / "checkpoints" / "6.damaged").is_dir(), "the damaged checkpoint is kept"
+    assert 8 in _complete_steps(workdir)
+    assert np.isfinite(out["loss"])
+    rows = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
+    # Steps 5 and 6 were trained twice: once before the damage, once after resuming at 4.
+    assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4, 5, 6, 5, 6, 7, 8]
+
+
+def test_nonfinite_steps_leave_state_unchanged_then_stop(tmp_path):
+    workdir = tmp_path / "run"
+    config = small_config(
+        tmp_path,
+        num_steps=20,
+        max_consecutive_nonfinite=3,
+        **{
+            "optimizer.name": "sgd",
+            "optimizer.base_lr": 1e30,
+            "optimizer.exclude_from_weight_decay": (),
+        },
+    )
+    with pytest.raises(
+        FloatingPointError, match=r"consecutive steps .* ending at step \d+.*Last good checkpoint"
+    ):
+        train.train_and_evaluate(config, str(workdir))
+    rows = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
+    finite = [r["step_finite"] for r in rows if "step_finite" in r]
+    assert finite[-3:] == [0.0, 0.0, 0.0]
+
+
+def test_nonfinite_step_is_skipped_inside_the_jitted_step():
+    import jax
+    import jax.numpy as jnp
+    import test_train  # the tiny-network builders of the training tests
+
+    config = test_train.small_config("byol")
+    _, state, step = test_train.build(config)
+    rng = np.random.default_rng(0)
+    batch = {
+        "image": jnp.asarray(rng.integers(0, 255, (32, 32, 32, 3), dtype=np.uint8)),
+        "label": jnp.zeros((32,), jnp.int32),
+    }
+    good, _ = step(state, batch)
+    # Poison the params: the loss becomes NaN, and the step must keep everything as it was.
+    poisoned = good.replace(params=jax.tree.map(lambda x: x * jnp.nan, good.params))
+    after, metrics = step(poisoned, batch)
+    assert float(metrics["step_finite"]) == 0.0
+    assert int(after.step) == int(poisoned.step) + 1
+    assert int(after.nonfinite_count) == 1 and int(after.nonfinite_total) == 1
+    for a, b in zip(
+        jax.tree.leaves(after.opt_state), jax.tree.leaves(poisoned.opt_state), strict=True
+    ):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(
+        jax.tree.leaves(after.target_params), jax.tree.leaves(poisoned.target_params), strict=True
+    ):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_workdir_of_another_run_is_refused(tmp_path):
+    workdir = tmp_path / "run"
+    train.train_and_evaluate(small_config(tmp_path, num_steps=2), str(workdir))
+    other = small_config(tmp_path, num_steps=4, tau_base=0.9, **{"optimizer.base_lr": 0.5})
+    with pytest.raises(ValueError) as err:
+        train.train_and_evaluate(other, str(workdir))
+    msg = str(err.value)
+    assert "tau_base" in msg and "optimizer.base_lr" in msg and "allow_config_change" in msg
+    assert _complete_steps(workdir) == [2], "nothing was written by the refused run"
+    other.allow_config_change = True
+    out = train.train_and_evaluate(other, str(workdir))
+    assert np.isfinite(out["loss"]) and _complete_steps(workdir)[-1] == 4
+
+
+def test_startup_checks_name_the_field_before_compiling(tmp_path, monkeypatch):
+    compiled = []
+    import jax
+
+    monkeypatch.setattr(jax, "jit", lambda *a, **k: compiled.append(1) or pytest.fail("compiled"))
+    readonly = tmp_path / "readonly"
+    readonly.mkdir()
+    readonly.chmod(0o500)
+    if os.access(readonly / "x", os.W_OK) or os.geteuid() == 0:
+        # root ignores permission bits; use a path under a regular file instead.
+        blocker = tmp_path / "file"
+        blocker.write_text("")
+        readonly = blocker / "sub"
+    with pytest.raises(PermissionError, match="not writable"):
+        train.train_and_evaluate(small_config(tmp_path), str(readonly))
+    bad = small_config(tmp_path, global_batch=30)
+    with pytest.raises(ValueError, match="config.global_batch"):
+        config_schema.validate(bad, num_devices=8)
+    not_prepared = small_config(
+        tmp_path, **{"data.name": "image_folder", "data.root": str(tmp_path)}
+    )
+    with pytest.raises(ValueError, match="ssljax.data.prepare"):
+        train.train_and_evaluate(not_prepared, str(tmp_path / "w2"))
+    vit = small_config(tmp_path, **{"model.backbone": "vit_tiny_16", "data.image_size": 24})
+    with pytest.raises(ValueError, match="patch"):
+        train.train_and_evaluate(vit, str(tmp_path / "w3"))
+    assert not compiled
