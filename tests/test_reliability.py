@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
@@ -95,18 +96,9 @@ def _start_and_signal(workdir, data_dir, env, sig, after_step: int) -> subproces
 def _final_params(workdir: pathlib.Path) -> dict[str, np.ndarray]:
     step = _complete_steps(workdir)[-1]
     restored = ocp.PyTreeCheckpointer().restore(workdir / "checkpoints" / str(step) / "state")
-    flat = {}
-
-    def walk(tree, prefix):
-        if isinstance(tree, dict):
-            for k, v in tree.items():
-                walk(v, f"{prefix}/{k}")
-        else:
-            flat[prefix] = np.asarray(tree)
-
-    for key in ("params", "target_params", "opt_state", "probe_params", "batch_stats"):
-        walk(restored[key], key)
-    return step, flat
+    keys = ("params", "target_params", "opt_state", "probe_params", "batch_stats")
+    leaves = jax.tree_util.tree_flatten_with_path({k: restored[k] for k in keys})[0]
+    return step, {jax.tree_util.keystr(path): np.asarray(leaf) for path, leaf in leaves}
 
 
 @pytest.fixture(scope="module")
@@ -188,8 +180,6 @@ def small_config(tmp_path, **overrides):
 
 @pytest.fixture(autouse=True)
 def _fast_compiles():
-    import jax
-
     jax.config.update("jax_disable_most_optimizations", True)
     yield
     jax.config.update("jax_disable_most_optimizations", False)
@@ -285,8 +275,6 @@ def test_workdir_of_another_run_is_refused(tmp_path):
 
 def test_startup_checks_name_the_field_before_compiling(tmp_path, monkeypatch):
     compiled = []
-    import jax
-
     monkeypatch.setattr(jax, "jit", lambda *a, **k: compiled.append(1) or pytest.fail("compiled"))
     readonly = tmp_path / "readonly"
     readonly.mkdir()
