@@ -1,6 +1,6 @@
 """Cost of reliability: time to resume (restore + first step) and what async checkpoints add.
 
-    python benchmarks/resume.py --data_dir=/path/with/prepared/image_folder [--steps=8]
+    python benchmarks/resume.py --data_dir=DIR --root=CIFAR_FOLDER [--steps=8]
 
 Builds the ``configs/byol.py:cifar10`` train step (ResNet-18, CIFAR stem, batch 256 unless
 overridden), then measures, in this process:
@@ -37,6 +37,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/byol.py:cifar10")
     parser.add_argument("--data_dir", required=True, help="where image_folder is prepared")
+    parser.add_argument("--root", required=True, help="the image folder it was prepared from")
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--every", type=int, default=2)
@@ -45,6 +46,7 @@ def main() -> None:
 
     config = config_schema.load_config(args.config)
     config.data.data_dir = args.data_dir
+    config.data.root = args.root
     config.global_batch = args.batch
     info = data.get_dataset_info(config.data)
     comps = train.build_components(config, info, num_train_examples=info.split_sizes["train"])
