@@ -1,13 +1,20 @@
 """Export a pretrained backbone: torchvision-compatible safetensors, or Flax msgpack.
 
 ``python -m ssljax.export --workdir=DIR --format=torch`` writes ``DIR/export/backbone.safetensors``
-whose keys and layouts are torchvision's ResNet ``state_dict`` without the classifier, so
+whose keys and layouts are torchvision's ResNet ``state_dict`` without the classifier, so::
 
     model = torchvision.models.resnet50()
-    model.load_state_dict(safetensors.torch.load_file(path), strict=False)  # only fc.* missing
+    missing, unexpected = model.load_state_dict(
+        safetensors.torch.load_file(path), strict=False)
+    assert set(missing) == {"fc.weight", "fc.bias"} and not unexpected
 
-takes it. ``--format=flax`` writes ``backbone.msgpack`` (``flax.serialization``) holding
-``{'params', 'batch_stats'}`` of the backbone.
+(the check SimSiam's ``main_lincls.py`` makes), or, strictly, into a torchvision ResNet whose
+``fc`` was replaced by ``torch.nn.Identity()``. ``--format=flax`` writes ``backbone.msgpack``
+(``flax.serialization``) holding ``{'params', 'batch_stats'}`` of the backbone, read back with
+:func:`load_flax`.
+
+The exported network is the *online* backbone (the one the papers evaluate), with its running
+BatchNorm statistics, from the newest checkpoint of the run.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from typing import Any
 import numpy as np
 
 FORMATS = ("torch", "flax")
+FILE_NAMES = {"torch": "backbone.safetensors", "flax": "backbone.msgpack"}
 
 # Flax BatchNorm leaf -> torchvision BatchNorm2d state_dict suffix.
 _BN_PARAMS = {"scale": "weight", "bias": "bias"}
@@ -63,48 +71,92 @@ def resnet_to_torchvision(
       batch_stats: the backbone's ``batch_stats``.
 
     Returns:
-      ``{torchvision key: float32 array}``; convolution kernels transposed from Flax's
-      ``[kh, kw, in, out]`` to PyTorch's ``[out, in, kh, kw]``; ``num_batches_tracked`` set to 0.
+      ``{torchvision key: array}``: convolution kernels transposed from Flax's
+      ``[kh, kw, in, out]`` to PyTorch's ``[out, in, kh, kw]``, float32; BatchNorm
+      ``weight``/``bias``/``running_mean``/``running_var`` float32 and ``num_batches_tracked``
+      int64 0 (torchvision reads it only with ``momentum=None``).
 
     Raises:
-      ValueError: on a leaf that has no torchvision counterpart (not a ResNet).
+      ValueError: on a leaf that has no torchvision counterpart (not a ResNet), or a BatchNorm
+        whose parameters and statistics do not pair up.
     """
     out: dict[str, np.ndarray] = {}
-    bn_modules = set()
+    bn_modules: set[str] = set()
+    stat_modules: dict[str, set[str]] = {}
     for path, value in _flatten(params).items():
         module, _, leaf = path.rpartition("/")
         name = _torch_module_name(module)
-        if leaf == "kernel" and value.ndim == 4:
+        if (
+            leaf == "kernel"
+            and value.ndim == 4
+            and re.search(r"(^|/)(conv\d|downsample_conv)$", module)
+        ):
             out[f"{name}.weight"] = np.ascontiguousarray(value.transpose(3, 2, 0, 1), np.float32)
-        elif leaf in _BN_PARAMS:
-            out[f"{name}.{_BN_PARAMS[leaf]}"] = value.astype(np.float32)
+        elif leaf in _BN_PARAMS and re.search(r"(^|/)(bn\d|downsample_bn)$", module):
+            out[f"{name}.{_BN_PARAMS[leaf]}"] = np.asarray(value, np.float32)
             bn_modules.add(name)
         else:
             raise ValueError(
-                f"Parameter {path!r} has no torchvision ResNet counterpart; the torch export "
-                "supports ResNet backbones only (use --format=flax for others)."
+                f"Parameter {path!r} (shape {value.shape}) has no torchvision ResNet counterpart; "
+                "the torch export supports ssljax ResNet backbones only (use --format=flax for "
+                "others)."
             )
     for path, value in _flatten(batch_stats).items():
         module, _, leaf = path.rpartition("/")
         if leaf not in _BN_STATS:
-            raise ValueError(f"Unexpected BatchNorm statistic {path!r}.")
+            raise ValueError(f"Unexpected BatchNorm statistic {path!r}; expected 'mean' or 'var'.")
         name = _torch_module_name(module)
-        out[f"{name}.{_BN_STATS[leaf]}"] = value.astype(np.float32)
+        out[f"{name}.{_BN_STATS[leaf]}"] = np.asarray(value, np.float32)
+        stat_modules.setdefault(name, set()).add(leaf)
+    complete = {n for n in bn_modules if stat_modules.get(n) == set(_BN_STATS)}
+    incomplete = sorted((bn_modules | set(stat_modules)) - complete)
+    if incomplete:
+        raise ValueError(
+            f"BatchNorm layers {incomplete} lack parameters or running statistics; pass the "
+            "backbone's 'params' and 'batch_stats' together."
+        )
     for name in bn_modules:
         out[f"{name}.num_batches_tracked"] = np.zeros((), np.int64)
     return out
 
 
-def export_torch(params, batch_stats, path: str) -> str:
-    """Writes the backbone as torchvision-compatible safetensors; returns the path."""
+def export_torch(
+    params: Mapping[str, Any],
+    batch_stats: Mapping[str, Any],
+    path: str,
+    metadata: Mapping[str, str] | None = None,
+) -> str:
+    """Writes the backbone as torchvision-compatible safetensors.
+
+    Args:
+      params: the backbone's ``params``.
+      batch_stats: the backbone's ``batch_stats``.
+      path: the output file.
+      metadata: extra string metadata for the safetensors header (``format: pt`` is always set,
+        as ``transformers`` and ``timm`` expect).
+
+    Returns:
+      ``path``.
+
+    Raises:
+      ValueError: if the variables are not those of an ssljax ResNet.
+    """
     from safetensors.numpy import save_file
 
-    save_file(resnet_to_torchvision(params, batch_stats), path)
+    tensors = resnet_to_torchvision(params, batch_stats)
+    header = {"format": "pt", **{str(k): str(v) for k, v in (metadata or {}).items()}}
+    save_file(tensors, path, metadata=header)
     return path
 
 
-def export_flax(params, batch_stats, path: str) -> str:
-    """Writes ``{'params', 'batch_stats'}`` of the backbone as Flax msgpack; returns the path."""
+def _to_numpy(tree: Any) -> Any:
+    import jax
+
+    return jax.tree.map(np.asarray, tree)
+
+
+def export_flax(params: Mapping[str, Any], batch_stats: Mapping[str, Any], path: str) -> str:
+    """Writes ``{'params', 'batch_stats'}`` of the backbone as Flax msgpack; returns ``path``."""
     from flax import serialization
 
     blob = serialization.msgpack_serialize(
@@ -115,14 +167,31 @@ def export_flax(params, batch_stats, path: str) -> str:
     return path
 
 
-def _to_numpy(tree):
-    import jax
+def load_flax(path: str) -> dict[str, Any]:
+    """Reads a file written by :func:`export_flax`.
 
-    return jax.tree.map(np.asarray, tree)
+    Returns:
+      ``{'params', 'batch_stats'}`` as nested dicts of NumPy arrays, ready for
+      ``backbone.apply(variables, images, train=False)``.
+
+    Raises:
+      FileNotFoundError: if ``path`` does not exist.
+      ValueError: if the file does not hold ``params`` and ``batch_stats``.
+    """
+    from flax import serialization
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"No exported Flax backbone at {path}.")
+    with open(path, "rb") as f:
+        variables = serialization.msgpack_restore(f.read())
+    if not isinstance(variables, dict) or set(variables) != {"params", "batch_stats"}:
+        found = sorted(variables) if isinstance(variables, dict) else type(variables).__name__
+        raise ValueError(f"{path} does not hold {{'params', 'batch_stats'}}; found {found}.")
+    return variables
 
 
 def export_from_workdir(workdir: str, fmt: str, out_dir: str | None = None) -> str:
-    """Exports the backbone of the newest checkpoint in ``workdir``.
+    """Exports the online backbone of the newest checkpoint in ``workdir``.
 
     Args:
       workdir: a training run's folder (with ``config.json`` and ``checkpoints/``).
@@ -133,24 +202,36 @@ def export_from_workdir(workdir: str, fmt: str, out_dir: str | None = None) -> s
       The written file's path.
 
     Raises:
-      ValueError: for an unknown format.
-      FileNotFoundError: if the workdir has no checkpoint.
+      ValueError: for an unknown format, or ``torch`` for a backbone that is not a ResNet.
+      FileNotFoundError: if the workdir has no run or no checkpoint.
     """
     if fmt not in FORMATS:
         raise ValueError(f"--format={fmt!r} does not exist; valid formats: {list(FORMATS)}.")
     from ssljax import evaluate
+    from ssljax.models import ResNet
 
-    state, _ = evaluate.load_run(workdir)
-    params = state.params["backbone"]
-    stats = state.batch_stats.get("backbone", {})
-    out_dir = out_dir or os.path.join(workdir, "export")
+    run = evaluate.load_run(workdir)
+    if fmt == "torch" and not isinstance(run.backbone, ResNet):
+        raise ValueError(
+            f"--format=torch exports ResNet backbones only; this run's backbone is "
+            f"{run.config.model.backbone!r} ({type(run.backbone).__name__}). Use --format=flax."
+        )
+    out_dir = out_dir or os.path.join(run.workdir, "export")
     os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, FILE_NAMES[fmt])
     if fmt == "torch":
-        return export_torch(params, stats, os.path.join(out_dir, "backbone.safetensors"))
-    return export_flax(params, stats, os.path.join(out_dir, "backbone.msgpack"))
+        metadata = {
+            "source": "ssljax",
+            "method": str(run.config.method),
+            "backbone": str(run.config.model.backbone),
+            "backbone_kwargs": str(dict(run.config.model.backbone_kwargs)),
+            "step": str(run.step),
+        }
+        return export_torch(run.params, run.batch_stats, path, metadata=metadata)
+    return export_flax(run.params, run.batch_stats, path)
 
 
-def main(argv):  # pragma: no cover - thin CLI
+def main(argv: Any) -> None:  # pragma: no cover - thin CLI
     """``python -m ssljax.export --workdir=DIR --format=torch|flax``."""
     from absl import flags
 
@@ -162,8 +243,9 @@ def main(argv):  # pragma: no cover - thin CLI
 if __name__ == "__main__":  # pragma: no cover
     from absl import app, flags
 
+    # A string, not an enum flag: the function's error names the valid formats and the value.
     flags.DEFINE_string("workdir", None, "A training run's workdir.")
-    flags.DEFINE_enum("format", "torch", list(FORMATS), "Export format.")
+    flags.DEFINE_string("format", "torch", f"Export format, one of {list(FORMATS)}.")
     flags.DEFINE_string("out_dir", None, "Output folder (default: WORKDIR/export).")
     flags.mark_flag_as_required("workdir")
     app.run(main)
