@@ -1,0 +1,592 @@
+"""Communication budget of the train step, read from XLA's compiled program (nothing is run).
+
+The step is ``ssljax.train.make_train_step`` jitted as ``train_and_evaluate`` jits it (batch
+split over the mesh, state replicated, or FSDP-sharded with ``--fsdp``), lowered against
+abstract arguments and compiled for ``N`` simulated CPU devices. XLA's SPMD partitioner then
+writes the collectives into the per-device program; this script parses them from its HLO text
+(``all-reduce``, ``all-gather``, ``reduce-scatter``, ``all-to-all``, ``collective-permute``),
+sums their operand bytes, and sets them beside the step's FLOPs from XLA's cost analysis.
+
+Columns of the table (per step):
+
+* ``all-reduce MB`` etc.: operand bytes of each kind in one device's program (what each device
+  contributes; for an all-gather the shard it sends, for a reduce-scatter its whole input);
+* ``sent/dev MB``: bytes each device sends with bandwidth-optimal (ring) algorithms:
+  all-reduce ``2 (g-1)/g S``, all-gather ``(g-1) S``, reduce-scatter and all-to-all
+  ``(g-1)/g S``, collective-permute ``S`` (``g`` the group size, ``S`` the operand bytes);
+* ``total GB``: ``sent/dev`` times the device count;
+* ``GFLOP/dev`` and ``TFLOP``: XLA's FLOP count of one device's program, and times ``N``;
+* ``FLOP/B``: FLOPs per byte sent, per device: the arithmetic intensity the interconnect must
+  keep up with.
+
+Commands:
+
+    python benchmarks/comm_budget.py                       # ResNet-50 BYOL, batch 4096, 8/64/256
+    python benchmarks/comm_budget.py --devices 8 --batch 512 --backbone resnet18_cifar \
+        --image_size 32 --method simsiam                   # any other point
+    python benchmarks/comm_budget.py --global_stats        # VICReg/Barlow Twins at ImageNet size
+
+Each device count runs in its own process (XLA fixes the CPU device count at start-up).
+``--fast`` compiles with ``jax_disable_most_optimizations`` (collectives are not combined, the
+bytes are the same; measured on resnet_tiny). Results go to ``benchmarks/results/comm_budget.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import os
+import pathlib
+import platform
+import re
+import subprocess
+import sys
+import time
+from typing import Any
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+RESULTS = REPO / "benchmarks" / "results" / "comm_budget.json"
+RESULT_PREFIX = "COMM_BUDGET_RESULT "
+KINDS = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
+DTYPE_BYTES = {
+    "pred": 1,
+    "s8": 1,
+    "u8": 1,
+    "s16": 2,
+    "u16": 2,
+    "f16": 2,
+    "bf16": 2,
+    "s32": 4,
+    "u32": 4,
+    "f32": 4,
+    "s64": 8,
+    "u64": 8,
+    "f64": 8,
+    "c64": 8,
+    "c128": 16,
+}
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading collectives from HLO text.
+# ----------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Collective:
+    """One collective instruction of a per-device HLO program.
+
+    Attributes:
+      kind: one of :data:`KINDS`.
+      operand_bytes: bytes of its operands on one device.
+      result_bytes: bytes of its result on one device.
+      group_size: devices in each replica group.
+      shapes: the operand shapes, as HLO prints them.
+      op_name: the JAX operation it came from (HLO metadata), if recorded.
+    """
+
+    kind: str
+    operand_bytes: int
+    result_bytes: int
+    group_size: int
+    shapes: str
+    op_name: str
+
+    @property
+    def sent_bytes(self) -> float:
+        """Bytes one device sends with bandwidth-optimal (ring) algorithms."""
+        g, s = self.group_size, self.operand_bytes
+        if g <= 1:
+            return 0.0
+        if self.kind == "all-reduce":
+            return 2.0 * (g - 1) / g * s
+        if self.kind == "all-gather":
+            return float((g - 1) * s)
+        if self.kind in ("reduce-scatter", "all-to-all"):
+            return (g - 1) / g * s
+        return float(s)  # collective-permute
+
+
+_SHAPE = re.compile(r"\b(" + "|".join(DTYPE_BYTES) + r")\[([\d,]*)\]")
+_DEF = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(.*)$")
+_OP = re.compile(r"\s(" + "|".join(KINDS) + r")(-start)?\(")
+
+
+def shape_bytes(text: str) -> int:
+    """Total bytes of every array shape (``f32[3,4]``...) written in ``text``."""
+    total = 0
+    for dtype, dims in _SHAPE.findall(text):
+        n = 1
+        for d in filter(None, dims.split(",")):
+            n *= int(d)
+        total += n * DTYPE_BYTES[dtype]
+    return total
+
+
+def _group_size(attrs: str, default: int) -> int:
+    """Devices per replica group, from any of the three HLO spellings of ``replica_groups``."""
+    # mesh['axis_0'=8,'axis_1'=8] {'axis_1'}: the named axes in braces form a group.
+    m = re.search(r"replica_groups=mesh\[([^\]]*)\]\s*\{([^}]*)\}", attrs)
+    if m:
+        sizes = dict(re.findall(r"'([^']+)'=(\d+)", m.group(1)))
+        names = re.findall(r"'([^']+)'", m.group(2))
+        size = 1
+        for n in names:
+            size *= int(sizes[n])
+        return size
+    # [num_groups, group_size]<=[...] (iota form).
+    m = re.search(r"replica_groups=\[(\d+),(\d+)\]<=", attrs)
+    if m:
+        return int(m.group(2))
+    # {{0,1,2,3},{4,5,6,7}} (explicit list); {} means all devices.
+    m = re.search(r"replica_groups=\{\{([\d,]*)\}", attrs)
+    if m:
+        return len([x for x in m.group(1).split(",") if x])
+    m = re.search(r"source_target_pairs=", attrs)
+    return 2 if m else default
+
+
+def _split_call(rest: str, start: int) -> tuple[str, str]:
+    """Splits ``op(operands), attrs`` at the parenthesis matching the one at ``start``."""
+    depth = 0
+    for i in range(start, len(rest)):
+        if rest[i] == "(":
+            depth += 1
+        elif rest[i] == ")":
+            depth -= 1
+            if depth == 0:
+                return rest[start + 1 : i], rest[i + 1 :]
+    return rest[start + 1 :], ""
+
+
+def parse_collectives(hlo_text: str, num_devices: int) -> list[Collective]:
+    """Every collective of an HLO module (``compiled.as_text()``), with its bytes.
+
+    Operand shapes are looked up in the module's own definitions (the compiled HLO prints
+    operands by name). Asynchronous pairs are counted once, at their ``-start``.
+
+    Args:
+      hlo_text: the HLO module text.
+      num_devices: devices of the program, the group size when none is printed.
+
+    Returns:
+      The collectives in program order.
+    """
+    defs: dict[str, str] = {}
+    lines = hlo_text.splitlines()
+    for line in lines:
+        m = _DEF.match(line)
+        if m:
+            # The result type: a parenthesised tuple or the first token.
+            rhs = m.group(2)
+            if rhs.startswith("("):
+                typ, _ = _split_call(rhs, 0)
+            else:
+                typ = rhs.split(" ", 1)[0]
+            defs[m.group(1)] = typ
+    found = []
+    for line in lines:
+        m = _DEF.match(line)
+        if not m:
+            continue
+        rhs = m.group(2)
+        op = _OP.search(rhs)
+        if not op:
+            continue
+        kind = op.group(1)
+        operands, attrs = _split_call(rhs, op.end() - 1)
+        operand_bytes = 0
+        for token in operands.split(","):
+            token = token.strip()
+            if _SHAPE.search(token):  # operand printed with its shape
+                operand_bytes += shape_bytes(token)
+            else:
+                operand_bytes += shape_bytes(defs.get(token.lstrip("%"), ""))
+        result_bytes = shape_bytes(rhs[: op.start()])
+        name = re.search(r'op_name="([^"]*)"', attrs)
+        found.append(
+            Collective(
+                kind=kind,
+                operand_bytes=operand_bytes,
+                result_bytes=result_bytes,
+                group_size=_group_size(attrs, num_devices),
+                shapes=operands if _SHAPE.search(operands) else rhs[: op.start()].strip(),
+                op_name=name.group(1) if name else "",
+            )
+        )
+    return found
+
+
+def summarize(collectives: list[Collective]) -> dict[str, dict[str, float]]:
+    """Per kind: count, operand bytes and ring bytes sent per device."""
+    out = {k: {"count": 0, "operand_bytes": 0, "sent_bytes": 0.0} for k in KINDS}
+    for c in collectives:
+        out[c.kind]["count"] += 1
+        out[c.kind]["operand_bytes"] += c.operand_bytes
+        out[c.kind]["sent_bytes"] += c.sent_bytes
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# The step, compiled for the simulated devices (runs in the child process).
+# ----------------------------------------------------------------------------------------------
+def build_config(spec: dict[str, Any]):
+    """The config of ``configs/<method>.py:<preset>`` with the spec's overrides."""
+    from ssljax import config_schema
+
+    c = config_schema.load_config(f"{REPO}/configs/{spec['method']}.py:{spec['preset']}")
+    c.global_batch = int(spec["batch"])
+    c.num_steps = 100_000
+    c.data.crop_in_loader = bool(spec.get("crop_in_loader", c.data.crop_in_loader))
+    for key, value in spec.get("overrides", {}).items():
+        node = c
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = tuple(value) if isinstance(value, list) else value
+    return c
+
+
+def _tree_bytes(tree: Any) -> int:
+    import jax
+    import numpy as np
+
+    return int(sum(x.size * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree)))
+
+
+def _bn_channels(batch_stats: Any) -> int:
+    """Channels over all BatchNorm layers (each layer stores a ``mean`` of C entries)."""
+    import jax
+
+    total = 0
+    for path, leaf in jax.tree_util.tree_leaves_with_path(batch_stats):
+        if str(getattr(path[-1], "key", "")) == "mean":
+            total += int(leaf.size)
+    return total
+
+
+def analyze(spec: dict[str, Any]) -> dict[str, Any]:
+    """Compiles the step of ``spec`` for the devices of this process and reads its collectives.
+
+    Args:
+      spec: ``method``, ``preset``, ``batch``, ``image_size`` (input side), optional
+        ``backbone``, ``num_classes``, ``fsdp``, ``min_shard_bytes``, ``overrides`` (config
+        fields), ``crop_in_loader``, ``fast``, ``top`` (how many of the largest collectives to
+        list).
+
+    Returns:
+      A JSON-able dict: sizes of the state, collectives by kind, FLOPs, the expected bytes of a
+      data-parallel step, and the largest collectives with their JAX op names.
+    """
+    import functools
+    import types
+
+    import jax
+    import jax.numpy as jnp
+
+    from ssljax import sharding, train
+
+    if spec.get("fast"):
+        jax.config.update("jax_disable_most_optimizations", True)
+    config = build_config(spec)
+    if spec.get("backbone"):
+        config.model.backbone = spec["backbone"]
+    size = int(spec["image_size"])
+    config.data.image_size = int(spec.get("crop_size", size))
+    info = types.SimpleNamespace(
+        name="synthetic",
+        num_classes=int(spec.get("num_classes", 1000)),
+        split_sizes={"train": 1_281_167, "test": 50_000},
+        image_shape=None if config.data.crop_in_loader else (size, size, 3),
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        class_names=None,
+    )
+    comps = train.build_components(config, info, num_train_examples=1_281_167)
+    mesh = sharding.make_mesh(fsdp=int(spec.get("fsdp", 1)))
+    batch_sh, repl = sharding.batch_sharding(mesh), sharding.replicated(mesh)
+    shapes = jax.eval_shape(
+        functools.partial(train.init_state, comps, config), jax.random.PRNGKey(0)
+    )
+    state_sh = sharding.infer_state_sharding(
+        mesh, shapes, min_shard_bytes=int(spec.get("min_shard_bytes", 4 * 2**20))
+    )
+    b = config.global_batch
+    if config.data.crop_in_loader:
+        image = jax.ShapeDtypeStruct((b, 2, size, size, 3), jnp.uint8, sharding=batch_sh)
+    else:
+        image = jax.ShapeDtypeStruct((b, size, size, 3), jnp.uint8, sharding=batch_sh)
+    batch = {"image": image, "label": jax.ShapeDtypeStruct((b,), jnp.int32, sharding=batch_sh)}
+    state = jax.tree.map(
+        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, state_sh
+    )
+    step = jax.jit(
+        train.make_train_step(comps, config),
+        in_shardings=(state_sh, batch_sh),
+        out_shardings=(state_sh, repl),
+        donate_argnums=(0,),
+    )
+    t0 = time.perf_counter()
+    lowered = step.lower(state, batch)
+    t1 = time.perf_counter()
+    compiled = lowered.compile()
+    t2 = time.perf_counter()
+    collectives = parse_collectives(compiled.as_text(), jax.device_count())
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    flops_per_device = float(cost.get("flops", 0.0)) if cost else 0.0
+
+    param_bytes = _tree_bytes(shapes.params)
+    grad_bytes = param_bytes + _tree_bytes(shapes.probe_params)
+    c_online, c_target = _bn_channels(shapes.batch_stats), _bn_channels(shapes.target_batch_stats)
+    views = 2
+    # Global-batch BatchNorm in float32: forward mean and mean of squares (2 C) per layer and
+    # view, online and target; backward sum(dy) and sum(dy * x_hat) (2 C) per online layer and
+    # view (XLA may share the latter with the scale/bias gradients).
+    bn_forward_bytes = 4 * 2 * views * (c_online + c_target)
+    bn_backward_bytes = 4 * 2 * views * c_online
+    top = sorted(collectives, key=lambda c: -c.operand_bytes)[: int(spec.get("top", 8))]
+    return {
+        "spec": spec,
+        "devices": jax.device_count(),
+        "mesh": dict(mesh.shape),
+        "global_batch": b,
+        "param_bytes": param_bytes,
+        "grad_bytes": grad_bytes,
+        "state_bytes": _tree_bytes(shapes),
+        "bn_channels_online": c_online,
+        "bn_channels_target": c_target,
+        "bn_forward_bytes": bn_forward_bytes,
+        "bn_backward_bytes": bn_backward_bytes,
+        "collectives": summarize(collectives),
+        "num_collectives": len(collectives),
+        "flops_per_device": flops_per_device,
+        "flops_total": flops_per_device * jax.device_count(),
+        "lower_s": t1 - t0,
+        "compile_s": t2 - t1,
+        "largest": [
+            {
+                "kind": c.kind,
+                "operand_bytes": c.operand_bytes,
+                "shapes": c.shapes[:200],
+                "op_name": c.op_name[-160:],
+            }
+            for c in top
+        ],
+    }
+
+
+def analyze_loss(spec: dict[str, Any]) -> dict[str, Any]:
+    """Collectives of a batch-statistics loss alone (forward and backward), batch sharded.
+
+    VICReg's variance/covariance and Barlow Twins' cross-correlation span the global batch, so
+    under data parallelism they must communicate embeddings or ``d x d`` statistics; this
+    isolates that cost from the network's gradients.
+
+    Args:
+      spec: ``loss`` ('vicreg' or 'barlow_twins'), ``batch``, ``dim``, ``gram`` (None: the
+        loss's own choice; True: the ``n x n`` Gram form; False: the ``d x d`` form).
+
+    Returns:
+      A JSON-able dict with the collectives by kind and the largest ones.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    from ssljax import losses, sharding
+
+    loss_fn = {"vicreg": losses.vicreg_loss, "barlow_twins": losses.barlow_twins_loss}[spec["loss"]]
+    mesh = sharding.make_mesh()
+    batch_sh, repl = sharding.batch_sharding(mesh), sharding.replicated(mesh)
+    n, d = int(spec["batch"]), int(spec["dim"])
+
+    def value_and_grads(za, zb):
+        return jax.value_and_grad(
+            lambda a, b: loss_fn(a, b, gram=spec.get("gram"))[0], argnums=(0, 1)
+        )(za, zb)
+
+    z = jax.ShapeDtypeStruct((n, d), jnp.float32, sharding=batch_sh)
+    fn = jax.jit(value_and_grads, out_shardings=(repl, (batch_sh, batch_sh)))
+    t0 = time.perf_counter()
+    compiled = fn.lower(z, z).compile()
+    collectives = parse_collectives(compiled.as_text(), jax.device_count())
+    top = sorted(collectives, key=lambda c: -c.operand_bytes)[:6]
+    return {
+        "spec": spec,
+        "devices": jax.device_count(),
+        "embedding_bytes": n * d * 4,
+        "collectives": summarize(collectives),
+        "compile_s": time.perf_counter() - t0,
+        "largest": [
+            {"kind": c.kind, "operand_bytes": c.operand_bytes, "shapes": c.shapes[:120]}
+            for c in top
+        ],
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# Parent: one child process per device count.
+# ----------------------------------------------------------------------------------------------
+def run_child(spec: dict[str, Any], devices: int, *, timeout: float = 7200) -> dict[str, Any]:
+    """Runs :func:`analyze` in a fresh process with ``devices`` simulated CPU devices."""
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    env["JAX_PLATFORMS"] = "cpu"
+    proc = subprocess.run(
+        [sys.executable, str(pathlib.Path(__file__).resolve()), "--child", json.dumps(spec)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=str(REPO),
+    )
+    for line in proc.stdout.splitlines():
+        if line.startswith(RESULT_PREFIX):
+            return json.loads(line[len(RESULT_PREFIX) :])
+    raise RuntimeError(
+        f"comm_budget child ({devices} devices, {spec}) failed with status {proc.returncode}:\n"
+        f"{proc.stderr[-4000:]}"
+    )
+
+
+def _mb(x: float) -> str:
+    return f"{x / 2**20:,.1f}"
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    """The scaling table (Markdown)."""
+    head = (
+        "| devices | batch/dev | all-reduce MB | all-gather MB | reduce-scatter MB | "
+        "other MB | sent/dev MB | total GB | GFLOP/dev | TFLOP | FLOP/B | compile s |\n"
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    )
+    out = [head]
+    for r in rows:
+        c = r["collectives"]
+        sent = sum(v["sent_bytes"] for v in c.values())
+        other = c["all-to-all"]["operand_bytes"] + c["collective-permute"]["operand_bytes"]
+        out.append(
+            f"| {r['devices']} | {r['global_batch'] // r['devices']} | "
+            f"{_mb(c['all-reduce']['operand_bytes'])} | {_mb(c['all-gather']['operand_bytes'])} | "
+            f"{_mb(c['reduce-scatter']['operand_bytes'])} | {_mb(other)} | {_mb(sent)} | "
+            f"{sent * r['devices'] / 2**30:,.1f} | {r['flops_per_device'] / 1e9:,.0f} | "
+            f"{r['flops_total'] / 1e12:,.1f} | "
+            f"{r['flops_per_device'] / max(sent, 1):,.0f} | {r['compile_s']:.0f} |"
+        )
+    return "\n".join(out)
+
+
+def budget_lines(r: dict[str, Any]) -> list[str]:
+    """The all-reduce bytes against the data-parallel model: gradients + BN statistics."""
+    ar = r["collectives"]["all-reduce"]["operand_bytes"]
+    grads, bn_f, bn_b = r["grad_bytes"], r["bn_forward_bytes"], r["bn_backward_bytes"]
+    return [
+        f"{r['devices']} devices: all-reduce {_mb(ar)} MB = {ar / r['param_bytes']:.4f} x the "
+        f"{_mb(r['param_bytes'])} MB of online params; gradients (+ probe) {_mb(grads)} MB, "
+        f"BN statistics forward {_mb(bn_f)} MB, backward <= {_mb(bn_b)} MB; remainder "
+        f"{_mb(ar - grads - bn_f)} MB.",
+    ]
+
+
+SCALING_SPEC = {
+    "method": "byol",
+    "preset": "imagenet",
+    "batch": 4096,
+    "image_size": 224,
+    "crop_in_loader": True,
+    "num_classes": 1000,
+}
+# Global batch statistics at the ImageNet settings of VICReg (batch 2048, expander 8192-d;
+# Bardes et al. 2022, sec. 4.1), for Barlow Twins at the same size (its paper: batch 2048, 8192).
+GLOBAL_STATS = {"batch": 2048, "dim": 8192, "devices": 64}
+
+
+def _merge_results(key: str, value: Any) -> None:
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    data[key] = value
+    RESULTS.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--devices", default="8,64,256", help="comma-separated device counts")
+    parser.add_argument("--method", default=SCALING_SPEC["method"])
+    parser.add_argument("--preset", default=SCALING_SPEC["preset"])
+    parser.add_argument("--batch", type=int, default=SCALING_SPEC["batch"])
+    parser.add_argument("--backbone", default=None)
+    parser.add_argument("--image_size", type=int, default=SCALING_SPEC["image_size"])
+    parser.add_argument("--fsdp", type=int, default=1)
+    parser.add_argument("--fast", action="store_true", help="jax_disable_most_optimizations")
+    parser.add_argument("--global_stats", action="store_true", help="VICReg/BT at ImageNet size")
+    parser.add_argument("--no_save", action="store_true")
+    args = parser.parse_args(argv)
+
+    if args.child:
+        spec = json.loads(args.child)
+        result = analyze_loss(spec) if "loss" in spec else analyze(spec)
+        print(RESULT_PREFIX + json.dumps(result), flush=True)
+        return
+
+    meta = {
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "host": platform.node(),
+        "cpus": os.cpu_count(),
+        "loadavg": os.getloadavg()[0],
+    }
+    if args.global_stats:
+        n, d, devices = (GLOBAL_STATS[k] for k in ("batch", "dim", "devices"))
+        print(
+            f"Global batch statistics: batch {n}, dim {d}, {devices} devices; one embedding "
+            f"[n, d] is {_mb(n * d * 4)} MB, a d x d matrix {_mb(d * d * 4)} MB. Per step:"
+        )
+        print("| loss | form | all-gather MB (in) | all-reduce MB | sent/dev MB | total GB |")
+        print("| --- | --- | ---: | ---: | ---: | ---: |")
+        for loss in ("vicreg", "barlow_twins"):
+            for gram in (None, False):
+                spec = {"loss": loss, "batch": n, "dim": d, "gram": gram}
+                r = run_child(spec, devices)
+                c = r["collectives"]
+                sent = sum(v["sent_bytes"] for v in c.values())
+                form = "default (n x n Gram)" if gram is None else "d x d covariance"
+                print(
+                    f"| {loss} | {form} | {_mb(c['all-gather']['operand_bytes'] * devices)} | "
+                    f"{_mb(c['all-reduce']['operand_bytes'])} | {_mb(sent)} | "
+                    f"{sent * devices / 2**30:,.1f} |",
+                    flush=True,
+                )
+                if not args.no_save:
+                    _merge_results(f"global_stats/{loss}/gram={gram}", {**meta, **r})
+        return
+
+    spec = {
+        "method": args.method,
+        "preset": args.preset,
+        "batch": args.batch,
+        "image_size": args.image_size,
+        "fsdp": args.fsdp,
+        "fast": args.fast,
+        "crop_in_loader": args.preset == "imagenet",
+        "num_classes": 1000 if args.preset == "imagenet" else 10,
+    }
+    if args.backbone:
+        spec["backbone"] = args.backbone
+    rows = []
+    for n in (int(d) for d in args.devices.split(",")):
+        start = time.perf_counter()
+        r = run_child(spec, n)
+        r["wall_s"] = time.perf_counter() - start
+        rows.append(r)
+        print("\n".join(budget_lines(r)), flush=True)
+        if not args.no_save:
+            key = f"{args.method}/{spec.get('backbone', args.preset)}/b{args.batch}/fsdp{args.fsdp}"
+            _merge_results(f"{key}/{n}", {**meta, **r})
+    print(table(rows))
+    print(json.dumps([{k: v for k, v in r.items() if k != "largest"} for r in rows], indent=1))
+
+
+if __name__ == "__main__":
+    main()
