@@ -125,7 +125,7 @@ def main() -> None:
     batches2.close()
     ckpt.close()
 
-    state_bytes = sum(x.nbytes for x in jax.tree.leaves(shapes) if hasattr(x, "nbytes"))
+    state_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(shapes))
     result = {
         "config": args.config,
         "batch": args.batch,
