@@ -80,6 +80,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.augment.view2 = view_config(blur_prob=0.1, solarize_prob=0.2)
 
     c.global_batch = 256
+    # Devices on the mesh's second axis, over which large parameters (and their optimizer and
+    # EMA copies) are sharded, FSDP-style; 1 = pure data parallelism. The batch is split over
+    # every device either way.
+    c.fsdp = 1
     c.num_epochs = 100.0
     c.num_steps = -1  # > 0 overrides num_epochs
     c.warmup_epochs = 10.0
@@ -163,6 +167,8 @@ def validate(
             "global_batch",
             f"{config.global_batch} is not divisible by the {num_processes} processes.",
         )
+    if config.fsdp < 1 or num_devices % config.fsdp:
+        _fail("fsdp", f"{config.fsdp} must be >= 1 and divide the {num_devices} devices.")
     if config.num_steps <= 0 and config.num_epochs <= 0:
         _fail("num_epochs", "set num_epochs > 0 or num_steps > 0.")
     if config.warmup_epochs < 0:

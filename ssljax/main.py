@@ -13,13 +13,14 @@ import logging as pylogging  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from ssljax import train  # noqa: E402
+from ssljax import distributed, train  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, e.g. configs/byol.py:cifar10.", lock_config=True
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and logs.")
 flags.mark_flags_as_required(["config", "workdir"])
+distributed.define_flags()
 
 
 class _QuietLibraries(pylogging.Filter):
@@ -40,6 +41,9 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     logging.get_absl_handler().addFilter(_QuietLibraries())
     logging.info(_DEVICE_MESSAGE)
+    # Multi-process runs (TPU pods, SLURM, or explicit flags) join before anything touches
+    # the devices; a single process is left as it is.
+    distributed.initialize_from_flags()
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 
 

@@ -513,14 +513,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     is_main = jax.process_index() == 0
 
     # --- Mesh: the global batch split over every device of every process. ---------------------
-    mesh = sharding.make_mesh()
+    mesh = sharding.make_mesh(fsdp=config.fsdp)
     data_sharding = sharding.batch_sharding(mesh)
     repl = sharding.replicated(mesh)
     logging.info(
-        "Devices: %d (%s) in %d process(es); global batch %d.",
+        "Devices: %d (%s) in %d process(es), mesh %s; global batch %d.",
         jax.device_count(),
         jax.devices()[0].platform,
         jax.process_count(),
+        dict(mesh.shape),
         config.global_batch,
     )
 
@@ -542,7 +543,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     # A raw uint32 key: checkpointable as a plain array and selectable with jnp.where.
     rng = jax.random.PRNGKey(config.seed)
     state_shapes = jax.eval_shape(functools.partial(init_state, comps, config), rng)
-    state_sharding = jax.tree.map(lambda _: repl, state_shapes)
+    # Shardings inferred for the whole state, EMA target included, so the target is laid out
+    # like the params it follows (replicated under pure data parallelism).
+    state_sharding = sharding.infer_state_sharding(mesh, state_shapes)
     ckpt = checkpointing.Checkpointer(
         os.path.join(workdir, "checkpoints"),
         keep=config.checkpoint.keep,
