@@ -9,26 +9,38 @@ sums their operand bytes, and sets them beside the step's FLOPs from XLA's cost 
 
 Columns of the table (per step):
 
-* ``all-reduce MB`` etc.: operand bytes of each kind in one device's program (what each device
+* ``all-reduce MiB`` etc.: operand bytes of each kind in one device's program (what each device
   contributes; for an all-gather the shard it sends, for a reduce-scatter its whole input);
-* ``sent/dev MB``: bytes each device sends with bandwidth-optimal (ring) algorithms:
+* ``sent/dev MiB``: bytes each device sends with bandwidth-optimal (ring) algorithms:
   all-reduce ``2 (g-1)/g S``, all-gather ``(g-1) S``, reduce-scatter and all-to-all
   ``(g-1)/g S``, collective-permute ``S`` (``g`` the group size, ``S`` the operand bytes);
-* ``total GB``: ``sent/dev`` times the device count;
+* ``total GiB``: ``sent/dev`` times the device count;
 * ``GFLOP/dev`` and ``TFLOP``: XLA's FLOP count of one device's program, and times ``N``;
 * ``FLOP/B``: FLOPs per byte sent, per device: the arithmetic intensity the interconnect must
   keep up with.
 
+What XLA:CPU's program can and cannot tell. The SPMD partitioning (which tensors are reduced,
+gathered, and how large they are) is the same on every backend; the later collective
+optimisations differ. Two seen here: (1) the online network runs once per view, so each weight
+gets two gradient contributions, and XLA:CPU all-reduces each before adding them (GPU and TPU
+pipelines have an all-reduce reassociation pass that can merge ``AR(a) + AR(b)`` into
+``AR(a + b)``; not verifiable without the hardware), so the CPU figure is up to 2x the
+gradients; (2) XLA:CPU has no reduce-scatter creation, so FSDP's gradient reduction appears as
+all-reduce + slice.
+
 Commands:
 
-    python benchmarks/comm_budget.py                       # ResNet-50 BYOL, batch 4096, 8/64/256
-    python benchmarks/comm_budget.py --devices 8 --batch 512 --backbone resnet18_cifar \
-        --image_size 32 --method simsiam                   # any other point
+    python benchmarks/comm_budget.py --fast                # ResNet-50 BYOL, batch 4096, 8/64/256
+    python benchmarks/comm_budget.py --show                # the saved table, no compiling
     python benchmarks/comm_budget.py --global_stats        # VICReg/Barlow Twins at ImageNet size
+    python benchmarks/comm_budget.py --devices 8 --method simsiam --preset cifar10 \
+        --batch 512 --image_size 32                        # any other point
+    python benchmarks/comm_budget.py --fast --devices 64 --backbone vit_base_16 --fsdp 8
 
 Each device count runs in its own process (XLA fixes the CPU device count at start-up).
-``--fast`` compiles with ``jax_disable_most_optimizations`` (collectives are not combined, the
-bytes are the same; measured on resnet_tiny). Results go to ``benchmarks/results/comm_budget.json``.
+``--fast`` compiles with ``jax_disable_most_optimizations``: on resnet_tiny at 64 devices the
+collectives and the FLOPs were identical with and without it (compile 19 s against 25 s).
+Results are merged into ``benchmarks/results/comm_budget.json``.
 """
 
 from __future__ import annotations
@@ -127,8 +139,9 @@ def shape_bytes(text: str) -> int:
 
 def _group_size(attrs: str, default: int) -> int:
     """Devices per replica group, from any of the three HLO spellings of ``replica_groups``."""
-    # mesh['axis_0'=8,'axis_1'=8] {'axis_1'}: the named axes in braces form a group.
-    m = re.search(r"replica_groups=mesh\[([^\]]*)\]\s*\{([^}]*)\}", attrs)
+    # mesh['axis_0'=8,'axis_1'=8] {'axis_1'}, possibly with ", device_ids=([8,8]T(1,0))" before
+    # the braces: the named axes in braces form a group.
+    m = re.search(r"replica_groups=mesh\[([^\]]*)\][^{]*\{([^}]*)\}", attrs)
     if m:
         sizes = dict(re.findall(r"'([^']+)'=(\d+)", m.group(1)))
         names = re.findall(r"'([^']+)'", m.group(2))
@@ -370,6 +383,7 @@ def analyze(spec: dict[str, Any]) -> dict[str, Any]:
             {
                 "kind": c.kind,
                 "operand_bytes": c.operand_bytes,
+                "group_size": c.group_size,
                 "shapes": c.shapes[:200],
                 "op_name": c.op_name[-160:],
             }
@@ -458,8 +472,8 @@ def _mb(x: float) -> str:
 def table(rows: list[dict[str, Any]]) -> str:
     """The scaling table (Markdown)."""
     head = (
-        "| devices | batch/dev | all-reduce MB | all-gather MB | reduce-scatter MB | "
-        "other MB | sent/dev MB | total GB | GFLOP/dev | TFLOP | FLOP/B | compile s |\n"
+        "| devices | batch/dev | all-reduce MiB | all-gather MiB | reduce-scatter MiB | "
+        "other MiB | sent/dev MiB | total GiB | GFLOP/dev | TFLOP | FLOP/B | compile s |\n"
         "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
     )
     out = [head]
@@ -480,13 +494,14 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 def budget_lines(r: dict[str, Any]) -> list[str]:
     """The all-reduce bytes against the data-parallel model: gradients + BN statistics."""
-    ar = r["collectives"]["all-reduce"]["operand_bytes"]
-    grads, bn_f, bn_b = r["grad_bytes"], r["bn_forward_bytes"], r["bn_backward_bytes"]
+    c = r["collectives"]
+    ar, ag = c["all-reduce"]["operand_bytes"], c["all-gather"]["operand_bytes"]
     return [
-        f"{r['devices']} devices: all-reduce {_mb(ar)} MB = {ar / r['param_bytes']:.4f} x the "
-        f"{_mb(r['param_bytes'])} MB of online params; gradients (+ probe) {_mb(grads)} MB, "
-        f"BN statistics forward {_mb(bn_f)} MB, backward <= {_mb(bn_b)} MB; remainder "
-        f"{_mb(ar - grads - bn_f)} MB.",
+        f"{r['devices']} devices (mesh {r['mesh']}): all-reduce {_mb(ar)} MiB per device and "
+        f"step = {ar / r['param_bytes']:.3f} x the {_mb(r['param_bytes'])} MiB of online params "
+        f"(gradients with the probe's: {_mb(r['grad_bytes'])} MiB; global BatchNorm statistics: "
+        f"{_mb(r['bn_forward_bytes'])} MiB forward, <= {_mb(r['bn_backward_bytes'])} MiB "
+        f"backward); all-gather {_mb(ag)} MiB sent per device."
     ]
 
 
@@ -523,12 +538,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fast", action="store_true", help="jax_disable_most_optimizations")
     parser.add_argument("--global_stats", action="store_true", help="VICReg/BT at ImageNet size")
     parser.add_argument("--no_save", action="store_true")
+    parser.add_argument("--show", action="store_true", help="print the saved results' tables")
     args = parser.parse_args(argv)
 
     if args.child:
         spec = json.loads(args.child)
         result = analyze_loss(spec) if "loss" in spec else analyze(spec)
         print(RESULT_PREFIX + json.dumps(result), flush=True)
+        return
+
+    if args.show:
+        saved = json.loads(RESULTS.read_text())
+        groups: dict[str, list[dict[str, Any]]] = {}
+        for key, r in saved.items():
+            if not key.startswith("global_stats/"):
+                groups.setdefault(key.rsplit("/", 1)[0], []).append(r)
+        for name, rows in sorted(groups.items()):
+            print(f"\n{name} (measured {rows[0]['date']}):")
+            print(table(sorted(rows, key=lambda r: r["devices"])))
         return
 
     meta = {
@@ -541,9 +568,9 @@ def main(argv: list[str] | None = None) -> None:
         n, d, devices = (GLOBAL_STATS[k] for k in ("batch", "dim", "devices"))
         print(
             f"Global batch statistics: batch {n}, dim {d}, {devices} devices; one embedding "
-            f"[n, d] is {_mb(n * d * 4)} MB, a d x d matrix {_mb(d * d * 4)} MB. Per step:"
+            f"[n, d] is {_mb(n * d * 4)} MiB, a d x d matrix {_mb(d * d * 4)} MiB. Per step:"
         )
-        print("| loss | form | all-gather MB (in) | all-reduce MB | sent/dev MB | total GB |")
+        print("| loss | form | gathered MiB/dev | all-reduce MiB | sent/dev MiB | total GiB |")
         print("| --- | --- | ---: | ---: | ---: | ---: |")
         for loss in ("vicreg", "barlow_twins"):
             for gram in (None, False):

@@ -22,6 +22,8 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "benchmarks"))
 import comm_budget as cb  # noqa: E402
 
+from ssljax import sharding  # noqa: E402
+
 P = jax.sharding.PartitionSpec
 
 SYNTHETIC_HLO = """\
@@ -47,6 +49,9 @@ replica_groups={{0,1,2,3,4,5,6,7}}, dimensions={0}, to_apply=%region_0.1
   %ars = f32[16,8]{1,0} all-reduce-start(%p0), channel_id=4, replica_groups={{0,1},{2,3}}, \
 to_apply=%region_0.1
   %ard = f32[16,8]{1,0} all-reduce-done(%ars)
+  %ag2 = f32[64,8]{1,0} all-gather(%p0), channel_id=6, \
+replica_groups=mesh['axis_0'=1,'axis_1'=4,'axis_2'=2], device_ids=([2,4]T(1,0)) {'axis_1'}, \
+dimensions={0}, use_global_device_ids=true
   ROOT %cp = f32[16,8]{1,0} collective-permute(%ard), channel_id=5, \
 source_target_pairs={{0,1},{1,0}}
 }
@@ -60,18 +65,21 @@ def test_parse_collectives_on_handwritten_hlo():
         "all-gather",
         "reduce-scatter",
         "all-reduce",  # the -start; its -done is the same transfer
+        "all-gather",
         "collective-permute",
     ]
-    ar, ag, rs, ars, cp = got
+    ar, ag, rs, ars, ag2, cp = got
     # Operand bytes looked up from the definitions: 16*8*4 + 8*4; bf16 4*128*2; f32 16*8*4.
     assert (ar.operand_bytes, ar.group_size) == (544, 4)
     assert ar.op_name.endswith("dot_general")
     assert (ag.operand_bytes, ag.result_bytes, ag.group_size) == (1024, 8192, 8)
     assert (rs.operand_bytes, rs.result_bytes, rs.group_size) == (512, 64, 8)
     assert (ars.operand_bytes, ars.group_size) == (512, 2)
+    # A group over one axis of a mesh whose devices are permuted (FSDP meshes print so).
+    assert (ag2.operand_bytes, ag2.result_bytes, ag2.group_size) == (512, 2048, 4)
     assert (cp.operand_bytes, cp.group_size) == (512, 2)
     # Ring algorithms: 2 (g-1)/g S, (g-1) S, (g-1)/g S, and S for a permute.
-    assert [c.sent_bytes for c in got] == [816.0, 7168.0, 448.0, 512.0, 512.0]
+    assert [c.sent_bytes for c in got] == [816.0, 7168.0, 448.0, 512.0, 1536.0, 512.0]
     summary = cb.summarize(got)
     assert summary["all-reduce"] == {"count": 2, "operand_bytes": 1056, "sent_bytes": 1328.0}
     assert summary["all-to-all"]["count"] == 0
@@ -91,6 +99,24 @@ def test_parse_collectives_of_compiled_programs():
     assert [(c.kind, c.operand_bytes, c.group_size) for c in got] == [
         ("all-reduce", 64 * 32 * 4, 8)
     ]
+
+    # FSDP (mesh data=2 x fsdp=4, weights split on fsdp): the forward gathers the weights
+    # within each fsdp group of 4 devices, from quarters.
+    fsdp_mesh = sharding.make_mesh(fsdp=4)
+    w_fsdp = jax.ShapeDtypeStruct(
+        (64, 32), jnp.float32, sharding=jax.sharding.NamedSharding(fsdp_mesh, P(None, "fsdp"))
+    )
+    x_fsdp = jax.ShapeDtypeStruct(
+        (128, 64), jnp.float32, sharding=sharding.batch_sharding(fsdp_mesh)
+    )
+    grad_fsdp = jax.jit(
+        jax.grad(lambda w, x: jnp.sum(jnp.tanh(x @ w))), out_shardings=w_fsdp.sharding
+    )
+    got = cb.parse_collectives(grad_fsdp.lower(w_fsdp, x_fsdp).compile().as_text(), 8)
+    gathers = [
+        (c.operand_bytes, c.result_bytes, c.group_size) for c in got if c.kind == "all-gather"
+    ]
+    assert gathers == [(64 * 32, 64 * 32 * 4, 4)]
 
     # Replicating a batch-sharded array gathers it: each device sends its 16 rows.
     gather = jax.jit(lambda x: 2.0 * x, out_shardings=repl)
