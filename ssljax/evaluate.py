@@ -41,7 +41,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from ssljax import data, knn, metric_writers, optim, sharding, train
+from ssljax import data, knn, metric_writers, models, optim, sharding, train
 from ssljax.diagnostics import (
     alignment,
     normalized_std,
@@ -55,6 +55,7 @@ __all__ = [
     "PROTOCOLS",
     "Run",
     "alignment",
+    "apply_overrides",
     "classifier_accuracy",
     "default_preset",
     "eval_config",
@@ -69,6 +70,7 @@ __all__ = [
     "resolve_eval_config",
     "train_linear_classifier",
     "uniformity",
+    "validate_eval_config",
 ]
 
 PROTOCOLS = ("linear", "knn")
@@ -300,7 +302,8 @@ def resolve_eval_config(
     Args:
       run_config: the training run's config; an ``eval`` field in it (same layout as
         :func:`eval_config`) overrides the preset's defaults.
-      preset: an :data:`EVAL_PRESETS` name; default :func:`default_preset` of the run.
+      preset: an :data:`EVAL_PRESETS` name; default the run's ``eval.preset``, else
+        :func:`default_preset` of the run.
       overrides: ``key.path=value`` strings.
 
     Returns:
@@ -309,8 +312,8 @@ def resolve_eval_config(
     Raises:
       ValueError: for an unknown preset, override or invalid value.
     """
-    c = eval_config(preset or default_preset(run_config))
     run_eval = run_config.get("eval") if hasattr(run_config, "get") else None
+    c = eval_config(preset or (run_eval or {}).get("preset") or default_preset(run_config))
     if run_eval:
         flat = _flatten_dict(run_eval.to_dict() if hasattr(run_eval, "to_dict") else run_eval)
         c = apply_overrides(c, [f"{k}={v!r}" for k, v in flat.items() if k != "preset"])
@@ -345,7 +348,7 @@ class Run:
       params: the backbone's ``params`` (replicated ``jax.Array`` leaves).
       batch_stats: the backbone's ``batch_stats`` (running BatchNorm statistics).
       components: the run's ``train.Components`` (evaluation preprocessing, augmentations,
-        dataset info).
+        dataset info); ``None`` when loaded ``with_data=False``.
     """
 
     workdir: str
@@ -405,7 +408,11 @@ def _backbone_desc(config: ml_collections.ConfigDict) -> str:
 
 
 def load_run(
-    workdir: str, config: ml_collections.ConfigDict | None = None, *, step: int | None = None
+    workdir: str,
+    config: ml_collections.ConfigDict | None = None,
+    *,
+    step: int | None = None,
+    with_data: bool = True,
 ) -> Run:
     """Restores the online backbone (params and running statistics) of a training run.
 
@@ -416,6 +423,8 @@ def load_run(
       workdir: the run's folder (``config.json`` and ``checkpoints/``).
       config: the evaluation config; default the run's own ``config.json``.
       step: which checkpoint; default the newest one that reads back.
+      with_data: also build the run's components (evaluation preprocessing, augmentations),
+        which needs the prepared dataset; export does without.
 
     Returns:
       The :class:`Run`.
@@ -454,16 +463,23 @@ def load_run(
             "train first, or point --workdir at a run that saved one."
         )
 
-    info = data.get_dataset_info(config.data)
-    comps = train.build_components(
-        config, info, num_train_examples=info.split_sizes[config.data.train_split]
+    comps = None
+    if with_data:
+        info = data.get_dataset_info(config.data)
+        comps = train.build_components(
+            config, info, num_train_examples=info.split_sizes[config.data.train_split]
+        )
+    # The backbone as train.build_components makes it; one-channel images are replicated to
+    # three by every backbone, so the parameter shapes do not depend on the dataset.
+    backbone = models.create_backbone(
+        config.model.backbone,
+        dtype=train.DTYPES[config.model.dtype],
+        **dict(config.model.backbone_kwargs),
     )
-    backbone = comps.online_net.backbone
-    channels = (info.image_shape or (0, 0, 3))[-1]
     size = config.data.image_size
     abstract = jax.eval_shape(
         lambda: backbone.init(
-            jax.random.PRNGKey(0), jnp.zeros((2, size, size, channels), jnp.float32), train=True
+            jax.random.PRNGKey(0), jnp.zeros((2, size, size, 3), jnp.float32), train=True
         )
     )
     expected = {

@@ -9,7 +9,10 @@ whose keys and layouts are torchvision's ResNet ``state_dict`` without the class
     assert set(missing) == {"fc.weight", "fc.bias"} and not unexpected
 
 (the check SimSiam's ``main_lincls.py`` makes), or, strictly, into a torchvision ResNet whose
-``fc`` was replaced by ``torch.nn.Identity()``. ``--format=flax`` writes ``backbone.msgpack``
+``fc`` was replaced by ``torch.nn.Identity()``. Backbones with the CIFAR stem (``*_cifar``,
+``resnet_tiny``) load into a torchvision ResNet after ``model.conv1 = nn.Conv2d(3, C, 3, 1, 1,
+bias=False)`` and ``model.maxpool = nn.Identity()`` (padding 1 as SimSiam's CIFAR code; solo-learn
+uses padding 2, a different network). ``--format=flax`` writes ``backbone.msgpack``
 (``flax.serialization``) holding ``{'params', 'batch_stats'}`` of the backbone, read back with
 :func:`load_flax`.
 
@@ -210,7 +213,8 @@ def export_from_workdir(workdir: str, fmt: str, out_dir: str | None = None) -> s
     from ssljax import evaluate
     from ssljax.models import ResNet
 
-    run = evaluate.load_run(workdir)
+    # The backbone alone: the dataset need not be prepared on the exporting machine.
+    run = evaluate.load_run(workdir, with_data=False)
     if fmt == "torch" and not isinstance(run.backbone, ResNet):
         raise ValueError(
             f"--format=torch exports ResNet backbones only; this run's backbone is "

@@ -312,6 +312,23 @@ def test_linear_and_knn_protocols_write_json_and_tensorboard(run_dir):
     scalars = read_tensorboard(path / "eval")
     assert scalars["eval_linear/linear_top1"] == (4, pytest.approx(res["linear_top1"]))
     assert scalars["eval_linear/linear_top5"] == (4, pytest.approx(res["linear_top5"]))
+    # The cached features are the eval-mode (running statistics) features of the images, in
+    # the loader's order.
+    run = evaluate.load_run(str(path))
+    with np.load(path / "eval" / "features_step4_test.npz") as f:
+        cached = f["x"]
+    loader = data.make_loader(
+        run.config.data,
+        split="test",
+        global_batch=16,
+        seed=0,
+        shuffle=False,
+        drop_remainder=False,
+        num_epochs=1,
+    )
+    images = next(iter(loader))["image"]
+    want = run.backbone.apply(run.variables, run.components.eval_preprocess(images), train=False)
+    np.testing.assert_allclose(cached[:16], want, rtol=1e-4, atol=1e-5)
     assert (path / "eval" / "features_step4_train.npz").is_file()
 
     res = evaluate.evaluate_run(
