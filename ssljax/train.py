@@ -42,6 +42,8 @@ from ssljax.models.siamese import SiameseNetwork
 from ssljax.train_state import TrainState
 
 PyTree = Any
+# Metrics the step computes on logging steps only (see make_train_step).
+LOG_STEP_ONLY = ("feature_rankme",)
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
@@ -358,7 +360,15 @@ def make_train_step(
             # Collapse monitors: ~1/sqrt(d) healthy, 0 collapsed (Chen & He 2021, Fig. 2).
             "proj_std": diagnostics.normalized_std(z),
             "proj_std_x_sqrt_d": diagnostics.normalized_std(z) * jnp.sqrt(z.shape[-1] * 1.0),
-            "feature_rankme": diagnostics.rankme(online_out[0]["features"]),
+            # RankMe needs the whole [B, D] feature matrix (a gather across devices and an
+            # SVD), so it is computed on logging steps only; other steps report NaN.
+            "feature_rankme": jax.lax.cond(
+                ((state.step + 1) % config.log_every_steps == 0)
+                | (state.step + 1 == comps.total_steps),
+                lambda f: diagnostics.rankme(f),
+                lambda f: jnp.full((), jnp.nan, jnp.float32),
+                online_out[0]["features"],
+            ),
             "grad_norm": optax.tree.norm(grads),
             "step_finite": finite.astype(jnp.float32),
             "nonfinite_total": new_state.nonfinite_total.astype(jnp.float32),
@@ -393,26 +403,37 @@ def compute_features(
     batches: Iterator[Mapping[str, np.ndarray]],
     mesh: jax.sharding.Mesh,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Features and labels of every example in ``batches`` (a single pass, any final size).
+    """Features and labels of every example in ``batches`` (one pass), on every process.
 
-    The last, short batch is padded to a multiple of the device count and the padding dropped,
-    so every example is seen exactly once.
+    Each process contributes its rows of each global batch; the features come back replicated
+    (rows ordered by process), and labels and the loader's padding masks are gathered the same
+    way, so every process gets the whole split, each example exactly once. A local batch is
+    padded to a multiple of the local device count (the loader already pads a short last batch
+    to full size and marks real rows in ``'mask'``).
     """
-    n_dev = mesh.devices.size
+    from jax.experimental import multihost_utils
+
+    n_local_dev = jax.local_device_count()
     in_sharding = sharding.batch_sharding(mesh)
     fn = jax.jit(feature_fn, out_shardings=sharding.replicated(mesh))
     feats, labels = [], []
     for batch in batches:
         images = np.asarray(batch["image"])
-        # The loader pads a short last batch and marks real examples in 'mask'.
-        keep = np.asarray(batch.get("mask", np.ones(images.shape[0], bool)), bool)
         n = images.shape[0]
-        pad = (-n) % n_dev
+        keep = np.asarray(batch.get("mask", np.ones(n, bool)), bool)
+        label = np.asarray(batch["label"])
+        pad = (-n) % n_local_dev
         if pad:
             images = np.concatenate([images, np.repeat(images[-1:], pad, axis=0)])
+            keep = np.concatenate([keep, np.zeros(pad, bool)])
+            label = np.concatenate([label, np.full(pad, -1, label.dtype)])
         x = jax.make_array_from_process_local_data(in_sharding, images)
-        feats.append(np.asarray(fn(variables, x))[:n][keep])
-        labels.append(np.asarray(batch["label"])[keep])
+        out = np.asarray(fn(variables, x))
+        if jax.process_count() > 1:
+            keep = np.asarray(multihost_utils.process_allgather(keep, tiled=True))
+            label = np.asarray(multihost_utils.process_allgather(label, tiled=True))
+        feats.append(out[keep])
+        labels.append(label[keep])
     return np.concatenate(feats), np.concatenate(labels)
 
 
@@ -663,7 +684,10 @@ def _flush_metrics(pending, writer, progress, step: int) -> dict[str, float]:
     fetched = jax.device_get(pending)
     for s, m in fetched:
         if writer:
-            writer.write_scalars(s, m)
+            # Metrics computed on logging steps only are NaN elsewhere: leave them out.
+            writer.write_scalars(
+                s, {k: v for k, v in m.items() if k not in LOG_STEP_ONLY or s == step}
+            )
     last = {k: float(v) for k, v in fetched[-1][1].items()}
     if progress:
         shown = {k: last[k] for k in ("loss", "probe_accuracy") if k in last}
