@@ -1,0 +1,671 @@
+"""ssljax's train step against the same step in plain PyTorch, measured in the same run.
+
+The PyTorch step is built from the same ssljax config (``configs/<method>.py:cifar10``, batch
+256) and does the same work as ``ssljax.train.make_train_step`` on the same shapes:
+
+* ResNet-18 with the CIFAR stem (3x3/1 convolution, no max-pool), written here in plain
+  ``torch.nn`` with torchvision's layer layout (torchvision is not installed); projector and
+  predictor MLPs of the config (BYOL: 512-4096-256 and 256-4096-256, ``Linear -> BN1d ->
+  ReLU -> Linear``, the config's biases);
+* each view through the online network in its own forward (BatchNorm statistics per view, as
+  in ssljax and the official codes); BYOL's target branch (a copy of backbone and projector,
+  train-mode BatchNorm, no gradient) and its EMA update after the optimizer step; SimSiam's
+  ``detach``; VICReg and Barlow Twins as in their official code (d x d covariance /
+  cross-correlation);
+* the online linear probe on the detached features of view 1 (Adam, lr 1e-3, its own
+  optimizer), as ssljax's;
+* the config's optimizer in the same form as ssljax's: BYOL's LARS (``g += wd p``; ``g *=
+  eta ||p|| / ||g||``; ``v = m v + g``; ``p -= lr v``; biases and BatchNorm parameters excluded
+  from decay and trust ratio) for BYOL, VICReg and Barlow Twins; ``torch.optim.SGD`` for
+  SimSiam (its predictor at a fixed rate); warm-up + cosine rate and BYOL's tau schedule
+  evaluated per step;
+* no augmentation on either side: two fixed, pre-normalised float32 views, given to ssljax as a
+  ``[B, 2, H, W, 3]`` batch that its step splits (``benchmarks/step.py --augment none``, the
+  step built with ``dataclasses.replace(comps, augment_fn=...)``).
+
+Not on the PyTorch side: ssljax's step also guards against non-finite steps (a select over the
+whole state) and computes its monitoring metrics (projection std, RankMe eigenvalues, gradient
+norm) on device every step; they are counted against ssljax.
+
+bfloat16: ssljax's ``config.model.dtype='bfloat16'`` (float32 params, bfloat16 compute) against
+``torch.autocast('cpu', torch.bfloat16)`` around the forward passes and losses.
+
+Every measurement runs in its own process. ``--sweep`` first tries PyTorch's settings (glibc
+malloc tuning x channels_last at 2 threads, then 1 thread with the best of those) and JAX's
+(one device or one per core, x malloc tuning), each once, and keeps the fastest of each; then
+``--repeats`` alternating pairs (ssljax, PyTorch) of the first method at float32 give the
+headline ratio; then one pair per other (method, dtype).
+
+    python benchmarks/torch_yardstick.py --sweep --repeats 3
+    python benchmarks/torch_yardstick.py --methods byol --dtypes float32 --repeats 3 \
+        --torch-malloc tuned --torch-format channels_last --jax-devices 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import pathlib
+import statistics
+import sys
+
+import _timing
+import step as step_bench
+
+STEP_SCRIPT = pathlib.Path(step_bench.__file__).resolve()
+METHODS = step_bench.METHODS
+DTYPES = step_bench.DTYPES
+
+
+# ----------------------------------------------------------------------------------------------
+# The PyTorch side (child process).
+# ----------------------------------------------------------------------------------------------
+def build_torch_modules(config, num_classes: int):
+    """ResNet backbone, heads, target copy and probe of ``config``, in plain PyTorch.
+
+    Returns:
+      ``(online, target, probe)``: ``online`` a ``ModuleDict`` with ``backbone``,
+      ``projector`` and (BYOL, SimSiam) ``predictor``; ``target`` its EMA copy without
+      predictor for BYOL, else ``None``.
+    """
+    import copy
+
+    import torch
+    from torch import nn
+
+    class BasicBlock(nn.Module):
+        expansion = 1
+
+        def __init__(self, inplanes, planes, stride, zero_init):
+            super().__init__()
+            self.conv1 = nn.Conv2d(inplanes, planes, 3, stride, 1, bias=False)
+            self.bn1 = nn.BatchNorm2d(planes)
+            self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+            self.bn2 = nn.BatchNorm2d(planes)
+            if zero_init:
+                nn.init.zeros_(self.bn2.weight)
+            self.downsample = None
+            if stride != 1 or inplanes != planes:
+                self.downsample = nn.Sequential(
+                    nn.Conv2d(inplanes, planes, 1, stride, bias=False),
+                    nn.BatchNorm2d(planes),
+                )
+
+        def forward(self, x):
+            y = torch.relu(self.bn1(self.conv1(x)))
+            y = self.bn2(self.conv2(y))
+            return torch.relu(y + (x if self.downsample is None else self.downsample(x)))
+
+    class Bottleneck(nn.Module):
+        expansion = 4
+
+        def __init__(self, inplanes, planes, stride, zero_init):
+            super().__init__()
+            out = planes * 4
+            self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
+            self.bn1 = nn.BatchNorm2d(planes)
+            self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
+            self.bn2 = nn.BatchNorm2d(planes)
+            self.conv3 = nn.Conv2d(planes, out, 1, bias=False)
+            self.bn3 = nn.BatchNorm2d(out)
+            if zero_init:
+                nn.init.zeros_(self.bn3.weight)
+            self.downsample = None
+            if stride != 1 or inplanes != out:
+                self.downsample = nn.Sequential(
+                    nn.Conv2d(inplanes, out, 1, stride, bias=False), nn.BatchNorm2d(out)
+                )
+
+        def forward(self, x):
+            y = torch.relu(self.bn1(self.conv1(x)))
+            y = torch.relu(self.bn2(self.conv2(y)))
+            y = self.bn3(self.conv3(y))
+            return torch.relu(y + (x if self.downsample is None else self.downsample(x)))
+
+    class ResNet(nn.Module):
+        def __init__(self, layers, block, stem, zero_init, base=64):
+            super().__init__()
+            if stem == "cifar":
+                self.stem = nn.Sequential(
+                    nn.Conv2d(3, base, 3, 1, 1, bias=False),
+                    nn.BatchNorm2d(base),
+                    nn.ReLU(),
+                )
+            else:
+                self.stem = nn.Sequential(
+                    nn.Conv2d(3, base, 7, 2, 3, bias=False),
+                    nn.BatchNorm2d(base),
+                    nn.ReLU(),
+                    nn.MaxPool2d(3, 2, 1),
+                )
+            blocks, inplanes = [], base
+            for i, n in enumerate(layers):
+                for j in range(n):
+                    planes = base * 2**i
+                    stride = 2 if i > 0 and j == 0 else 1
+                    blocks.append(block(inplanes, planes, stride, zero_init))
+                    inplanes = planes * block.expansion
+            self.blocks = nn.Sequential(*blocks)
+            self.num_features = inplanes
+            for m in self.modules():
+                if isinstance(m, nn.Conv2d):
+                    nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+        def forward(self, x):
+            return torch.flatten(nn.functional.adaptive_avg_pool2d(self.blocks(self.stem(x)), 1), 1)
+
+    def mlp(in_dim, hidden, out_dim, use_bias, out_bias, out_bn=False, out_bn_affine=True):
+        layers, d = [], in_dim
+        for h in hidden:
+            layers += [nn.Linear(d, h, bias=use_bias), nn.BatchNorm1d(h), nn.ReLU()]
+            d = h
+        layers.append(nn.Linear(d, out_dim, bias=out_bias))
+        if out_bn:
+            layers.append(nn.BatchNorm1d(out_dim, affine=out_bn_affine))
+        return nn.Sequential(*layers)
+
+    arch = {
+        "resnet18_cifar": ((2, 2, 2, 2), BasicBlock, "cifar", 64),
+        "resnet50": ((3, 4, 6, 3), Bottleneck, "imagenet", 64),
+        "resnet_tiny": (
+            (1, 1, 1, 1),
+            BasicBlock,
+            "cifar",
+            16,
+        ),  # smoke tests of this script
+    }
+    if config.model.backbone not in arch:
+        raise ValueError(f"no PyTorch backbone for {config.model.backbone!r}")
+    layers, block, stem, base = arch[config.model.backbone]
+    zero_init = bool(config.model.backbone_kwargs.get("zero_init_residual", False))
+    backbone = ResNet(layers, block, stem, zero_init, base)
+    h = config.heads
+    online = nn.ModuleDict(
+        {
+            "backbone": backbone,
+            "projector": mlp(
+                backbone.num_features,
+                h.projector_hidden,
+                h.projector_dim,
+                h.projector_use_bias,
+                h.projector_output_use_bias,
+                h.projector_output_bn,
+                h.projector_output_bn_affine,
+            ),
+        }
+    )
+    if config.method in ("byol", "simsiam"):
+        online["predictor"] = mlp(
+            h.projector_dim,
+            h.predictor_hidden,
+            h.predictor_dim,
+            h.predictor_use_bias,
+            h.predictor_output_use_bias,
+        )
+    target = None
+    if config.method == "byol":
+        target = nn.ModuleDict(
+            {
+                "backbone": copy.deepcopy(backbone),
+                "projector": copy.deepcopy(online["projector"]),
+            }
+        )
+        for p in target.parameters():
+            p.requires_grad_(False)
+    probe = nn.Linear(backbone.num_features, num_classes)
+    return online, target, probe
+
+
+def torch_loss(method: str, config, online_out, target_out):
+    """The method's loss from per-view outputs, as the official PyTorch codes compute it."""
+    import torch
+    import torch.nn.functional as F
+
+    if method == "byol":
+
+        def byol(p, z):
+            return (2 - 2 * (F.normalize(p, dim=-1) * F.normalize(z, dim=-1)).sum(-1)).mean()
+
+        return byol(online_out[0]["prediction"], target_out[1]["projection"]) + byol(
+            online_out[1]["prediction"], target_out[0]["projection"]
+        )
+    if method == "simsiam":
+        p1, p2 = online_out[0]["prediction"], online_out[1]["prediction"]
+        z1, z2 = (
+            online_out[0]["projection"].detach(),
+            online_out[1]["projection"].detach(),
+        )
+        return -0.5 * (F.cosine_similarity(p1, z2).mean() + F.cosine_similarity(p2, z1).mean())
+    za, zb = online_out[0]["projection"].float(), online_out[1]["projection"].float()
+    n, d = za.shape
+    if method == "vicreg":
+        mc = config.method_config
+        repr_loss = F.mse_loss(za, zb)
+        x, y = za - za.mean(0), zb - zb.mean(0)
+        std_x = torch.sqrt(x.var(0) + 1e-4)
+        std_y = torch.sqrt(y.var(0) + 1e-4)
+        std_loss = torch.mean(F.relu(1 - std_x)) / 2 + torch.mean(F.relu(1 - std_y)) / 2
+        cov_x, cov_y = (x.T @ x) / (n - 1), (y.T @ y) / (n - 1)
+        off = ~torch.eye(d, dtype=torch.bool)
+        cov_loss = cov_x[off].pow(2).sum() / d + cov_y[off].pow(2).sum() / d
+        return mc.sim_coeff * repr_loss + mc.std_coeff * std_loss + mc.cov_coeff * cov_loss
+    if method == "barlow_twins":
+        bn = lambda z: (z - z.mean(0)) / torch.sqrt(z.var(0, unbiased=False) + 1e-5)  # noqa: E731
+        c = bn(za).T @ bn(zb) / n
+        on_diag = torch.diagonal(c).add(-1).pow(2).sum()
+        off_diag = (c - torch.diag(torch.diagonal(c))).pow(2).sum()
+        return on_diag + config.method_config.lambd * off_diag
+    raise ValueError(f"unknown method {method!r}")
+
+
+def warmup_cosine(step: int, peak: float, warmup: int, total: int, final: float = 0.0) -> float:
+    """ssljax.optim.warmup_cosine_lr, in Python (see its docstring)."""
+    if step < warmup:
+        return peak * step / max(warmup, 1)
+    progress = min(step - warmup, total - warmup) / (total - warmup)
+    return final + (peak - final) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class ByolLars:
+    """BYOL's LARS (ssljax.optim.byol_lars): decay, trust ratio, momentum, then the rate."""
+
+    def __init__(self, params_and_flags, *, weight_decay: float, momentum: float, eta: float):
+        import torch
+
+        self.groups = [(p, adapt, torch.zeros_like(p)) for p, adapt in params_and_flags]
+        self.weight_decay, self.momentum, self.eta = weight_decay, momentum, eta
+
+    def step(self, lr: float) -> None:
+        import torch
+
+        with torch.no_grad():
+            for p, adapt, v in self.groups:
+                g = p.grad
+                if adapt:
+                    g = g.add(p, alpha=self.weight_decay)
+                    p_norm, g_norm = (
+                        torch.linalg.vector_norm(p),
+                        torch.linalg.vector_norm(g),
+                    )
+                    ratio = torch.where(
+                        (p_norm > 0) & (g_norm > 0), self.eta * p_norm / g_norm, 1.0
+                    )
+                    g = g * ratio
+                v.mul_(self.momentum).add_(g)
+                p.add_(v, alpha=-lr)
+
+
+def torch_child(spec: dict) -> dict:
+    """Times the PyTorch step of ``spec`` (runs in its own process)."""
+    import time
+
+    import torch
+
+    default_threads = torch.get_num_threads()
+    if spec.get("threads"):
+        torch.set_num_threads(int(spec["threads"]))
+    torch.manual_seed(0)
+    config = step_bench.build_config(spec["method"], spec["model"], "float32")
+    num_classes = step_bench.MODELS[spec["model"]][3]
+    online, target, probe = build_torch_modules(config, num_classes)
+    channels_last = spec["format"] == "channels_last"
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    online.to(memory_format=fmt)
+    if target is not None:
+        target.to(memory_format=fmt)
+
+    host = step_bench.make_batch(spec["model"], config.global_batch, augment="none")
+    # [B, 2, H, W, C] -> two [B, C, H, W] views, as the data loader would hand them over.
+    views = [
+        torch.from_numpy(host["image"][:, v]).permute(0, 3, 1, 2).contiguous(memory_format=fmt)
+        for v in range(2)
+    ]
+    labels = torch.from_numpy(host["label"]).long()
+
+    # The optimizer: same rules and masks as ssljax's config (biases and norm params have
+    # ndim 1 here, as their paths end in bias/scale there).
+    opt_cfg = config.optimizer
+    peak = opt_cfg.base_lr * config.global_batch / 256
+    # As build_components: 50,000 training images (the synthetic dataset's split size).
+    total = config.num_steps
+    warmup = min(int(round(config.warmup_epochs * (50_000 // config.global_batch))), total - 1)
+    named = [(n, p) for n, p in online.named_parameters()]
+    if opt_cfg.name == "lars":
+        optimizer = ByolLars(
+            [(p, p.ndim > 1) for _, p in named],
+            weight_decay=opt_cfg.weight_decay,
+            momentum=opt_cfg.momentum,
+            eta=opt_cfg.eta,
+        )
+        fixed = []
+    else:
+        fixed = [p for n, p in named if n.startswith("predictor.")] if opt_cfg.fixed_lr else []
+        ids = {id(p) for p in fixed}
+        groups = [{"params": [p for _, p in named if id(p) not in ids]}]
+        if fixed:
+            groups.append({"params": fixed, "fixed": True})
+        optimizer = torch.optim.SGD(
+            groups,
+            lr=peak,
+            momentum=opt_cfg.momentum,
+            weight_decay=opt_cfg.weight_decay,
+        )
+    probe_opt = torch.optim.Adam(probe.parameters(), lr=config.probe.lr)
+    autocast = spec["dtype"] == "bfloat16"
+    step_count = [0]
+
+    def forward(net, x):
+        feats = net["backbone"](x)
+        out = {"features": feats, "projection": net["projector"](feats)}
+        if "predictor" in net:
+            out["prediction"] = net["predictor"](out["projection"])
+        return out
+
+    def one_step():
+        k = step_count[0]
+        lr = warmup_cosine(k, peak, warmup, total, opt_cfg.final_lr)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            target_out = None
+            if target is not None:
+                with torch.no_grad():
+                    target_out = [forward(target, v) for v in views]
+            online_out = [forward(online, v) for v in views]
+            loss = torch_loss(config.method, config, online_out, target_out)
+            logits = probe(online_out[0]["features"].detach().float())
+            probe_loss = torch.nn.functional.cross_entropy(logits, labels)
+        for p in online.parameters():
+            p.grad = None
+        probe_opt.zero_grad(set_to_none=True)
+        (loss + probe_loss).backward()
+        if isinstance(optimizer, ByolLars):
+            optimizer.step(lr)
+        else:
+            for group in optimizer.param_groups:
+                group["lr"] = peak if group.get("fixed") else lr
+            optimizer.step()
+        probe_opt.step()
+        if target is not None:
+            tau = 1 - (1 - config.tau_base) * (math.cos(math.pi * min(k, total) / total) + 1) / 2
+            with torch.no_grad():
+                on = [p for n, p in online.named_parameters() if not n.startswith("predictor.")]
+                torch._foreach_lerp_(list(target.parameters()), on, 1 - tau)
+        step_count[0] += 1
+        return float(loss.detach())
+
+    load_before = _timing.load_average()
+    start = time.perf_counter()
+    losses = []
+    online.train()
+    if target is not None:
+        target.train()
+    cpu_times: list[float] = []
+    times = _timing.time_calls(
+        lambda: losses.append(one_step()),
+        steps=spec["steps"],
+        warmup=spec["warmup"],
+        cpu_times=cpu_times,
+    )
+    return {
+        **spec,
+        "side": "pytorch",
+        "torch": torch.__version__,
+        "torch_default_threads": default_threads,
+        "torch_threads": torch.get_num_threads(),
+        "batch": config.global_batch,
+        "total_s": round(time.perf_counter() - start, 1),
+        **_timing.summarize(times, config.global_batch, cpu_times),
+        "step_times_s": [round(t, 4) for t in times],
+        "peak_rss_mb": round(_timing.peak_rss_mb(), 1),
+        "loss_finite": all(math.isfinite(v) for v in losses),
+        "loadavg_start": load_before,
+        "loadavg_end": _timing.load_average(),
+        "date": _timing.machine_info()["date"],
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# Parent: settings sweep, interleaved pairs, ratios.
+# ----------------------------------------------------------------------------------------------
+def run_torch(method, dtype, args, *, malloc, fmt, threads, steps, warmup, phase):
+    spec = {
+        "method": method,
+        "model": args.model,
+        "dtype": dtype,
+        "malloc": malloc,
+        "format": fmt,
+        "threads": threads,
+        "steps": steps,
+        "warmup": warmup,
+    }
+    row = _timing.run_child(__file__, spec, devices=None, malloc=malloc)
+    row.update(side="pytorch", phase=phase)
+    return row
+
+
+def run_jax(method, dtype, args, *, devices, malloc, steps, warmup, phase):
+    spec = {
+        "method": method,
+        "model": args.model,
+        "dtype": dtype,
+        "devices": devices,
+        "augment": "none",
+        "malloc": malloc,
+        "variant": "train.make_train_step",
+        "steps": steps,
+        "warmup": warmup,
+    }
+    row = _timing.run_child(STEP_SCRIPT, spec, devices=devices, malloc=malloc)
+    row.update(side="ssljax", phase=phase)
+    return row
+
+
+def _show(row: dict) -> None:
+    cols = (
+        "side",
+        "phase",
+        "method",
+        "dtype",
+        "devices",
+        "threads",
+        "malloc",
+        "format",
+    )
+    cols = (*cols, "median_step_s")
+    _timing.print_table([row], (*cols, "images_per_s", "peak_rss_mb", "loadavg_end"))
+    if "error" in row:
+        print(row["error"], file=sys.stderr)
+
+
+def _fastest(rows: list[dict], fields: tuple[str, ...]) -> dict:
+    ok = [r for r in rows if "error" not in r]
+    if not ok:
+        raise SystemExit("every sweep run failed; see the errors above")
+    best = max(ok, key=lambda r: r["images_per_s"])
+    return {f: best.get(f) for f in fields}
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--methods", default=",".join(METHODS), help="first one: headline")
+    parser.add_argument("--dtypes", default="float32,bfloat16", help="first one: headline")
+    parser.add_argument(
+        "--model",
+        default="resnet18_cifar",
+        choices=("resnet18_cifar", "resnet50", "resnet_tiny"),
+    )
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3, help="pairs for the headline ratio")
+    parser.add_argument("--sweep", action="store_true", help="try settings first, keep fastest")
+    parser.add_argument("--sweep-steps", type=int, default=5)
+    parser.add_argument("--torch-malloc", default="tuned", choices=sorted(_timing.MALLOC_SETTINGS))
+    parser.add_argument(
+        "--torch-format", default="contiguous", choices=("contiguous", "channels_last")
+    )
+    parser.add_argument("--torch-threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--jax-devices", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--jax-malloc", default="default", choices=sorted(_timing.MALLOC_SETTINGS))
+    parser.add_argument("--out", default=str(_timing.RESULTS_DIR / "torch_yardstick.json"))
+    parser.add_argument(
+        "--append", action="store_true", help="add to --out's results instead of replacing them"
+    )
+    parser.add_argument(
+        "--summarize",
+        action="store_true",
+        help="only recompute the ratios of --out's pairs",
+    )
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    if args.child:
+        _timing.emit_result(torch_child(json.loads(args.child)))
+        return
+    if args.summarize:
+        data = json.loads(pathlib.Path(args.out).read_text())
+        data["meta"]["ratios"] = pair_ratios(data["results"])
+        pathlib.Path(args.out).write_text(json.dumps(data, indent=2) + "\n")
+        _timing.print_table(data["meta"]["ratios"], RATIO_COLUMNS)
+        return
+    methods = [m for m in args.methods.split(",") if m]
+    dtypes = [d for d in args.dtypes.split(",") if d]
+    rows: list[dict] = []
+    meta = {
+        **_timing.machine_info(),
+        "script": "benchmarks/torch_yardstick.py",
+        "argv": sys.argv,
+    }
+    earlier: list[dict] = []
+    if args.append and pathlib.Path(args.out).exists():
+        earlier = json.loads(pathlib.Path(args.out).read_text())["results"]
+
+    def record(row):
+        rows.append(row)
+        _show(row)
+        _timing.write_results(args.out, meta, earlier + rows)
+
+    torch_cfg = {
+        "malloc": args.torch_malloc,
+        "format": args.torch_format,
+        "threads": args.torch_threads,
+    }
+    jax_cfg = {"devices": args.jax_devices, "malloc": args.jax_malloc}
+    head_method, head_dtype = methods[0], dtypes[0]
+    if args.sweep:
+        sweep = dict(steps=args.sweep_steps, warmup=1, phase="sweep")
+        torch_rows, jax_rows = [], []
+        for malloc in ("default", "tuned"):
+            for fmt in ("contiguous", "channels_last"):
+                row = run_torch(
+                    head_method, head_dtype, args, malloc=malloc, fmt=fmt,
+                    threads=args.torch_threads, **sweep,
+                )  # fmt: skip
+                torch_rows.append(row)
+                record(row)
+            for devices in sorted({1, os.cpu_count() or 1}):
+                row = run_jax(
+                    head_method,
+                    head_dtype,
+                    args,
+                    devices=devices,
+                    malloc=malloc,
+                    **sweep,
+                )
+                jax_rows.append(row)
+                record(row)
+        best = _fastest(torch_rows, ("malloc", "format"))
+        # One thread per process can beat two when the cores are oversubscribed (OpenMP
+        # threads wait on each other at every barrier); try it with the best of the above.
+        row = run_torch(
+            head_method, head_dtype, args, malloc=best["malloc"], fmt=best["format"],
+            threads=1, **sweep,
+        )  # fmt: skip
+        torch_rows.append(row)
+        record(row)
+        torch_cfg = _fastest(torch_rows, ("malloc", "format", "threads"))
+        jax_cfg = _fastest(jax_rows, ("devices", "malloc"))
+        print(f"fastest PyTorch setting: {torch_cfg}; fastest ssljax setting: {jax_cfg}")
+    meta.update(torch_setting=torch_cfg, jax_setting=jax_cfg)
+
+    common = dict(steps=args.steps, warmup=args.warmup)
+    pairs = [(head_method, head_dtype, "headline", r) for r in range(args.repeats)]
+    pairs += [
+        (m, d, "other", 0) for m in methods for d in dtypes if (m, d) != (head_method, head_dtype)
+    ]
+    ratios: dict[tuple[str, str], list[float]] = {}
+    for method, dtype, phase, r in pairs:
+        pair = []
+        # Alternate which side goes first, so a change of load hits both alike.
+        for side in ("ssljax", "pytorch") if r % 2 == 0 else ("pytorch", "ssljax"):
+            if side == "ssljax":
+                row = run_jax(method, dtype, args, **jax_cfg, phase=phase, **common)
+            else:
+                row = run_torch(
+                    method, dtype, args, threads=torch_cfg["threads"], fmt=torch_cfg["format"],
+                    malloc=torch_cfg["malloc"], phase=phase, **common,
+                )  # fmt: skip
+            row["repeat"] = r
+            record(row)
+            pair.append(row)
+        if all("error" not in p for p in pair):
+            jax_row = next(p for p in pair if p["side"] == "ssljax")
+            torch_row = next(p for p in pair if p["side"] == "pytorch")
+            ratio = jax_row["images_per_s"] / torch_row["images_per_s"]
+            ratios.setdefault((method, dtype), []).append(round(ratio, 3))
+            print(f"ratio ssljax/PyTorch {method} {dtype} repeat {r}: {ratio:.3f}")
+    meta["ratios"] = pair_ratios(earlier + rows)
+    _timing.write_results(args.out, meta, earlier + rows)
+    print()
+    _timing.print_table(meta["ratios"], RATIO_COLUMNS)
+    print(f"\nwrote {args.out}")
+
+
+RATIO_COLUMNS = (
+    "method",
+    "dtype",
+    "median_ratio",
+    "ratios",
+    "ssljax_img_s",
+    "pytorch_img_s",
+)
+
+
+def pair_ratios(rows: list[dict]) -> list[dict]:
+    """ssljax/PyTorch images/s of each measured pair, grouped by (method, dtype).
+
+    A pair is the two rows of one (phase, method, dtype, repeat) outside the sweep, measured
+    back to back.
+    """
+    pairs: dict[tuple, dict[str, dict]] = {}
+    for r in rows:
+        if r.get("phase") == "sweep" or "error" in r or "images_per_s" not in r:
+            continue
+        key = (r["method"], r["dtype"], r.get("phase"), r.get("repeat", 0))
+        pairs.setdefault(key, {})[r["side"]] = r
+    grouped: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    for (method, dtype, _, _), sides in pairs.items():
+        if len(sides) == 2:
+            jax_ips, torch_ips = (
+                sides["ssljax"]["images_per_s"],
+                sides["pytorch"]["images_per_s"],
+            )
+            grouped.setdefault((method, dtype), []).append((jax_ips, torch_ips))
+    return [
+        {
+            "method": m,
+            "dtype": d,
+            "ratios": [round(j / t, 3) for j, t in v],
+            "median_ratio": round(statistics.median(j / t for j, t in v), 3),
+            "ssljax_img_s": [j for j, _ in v],
+            "pytorch_img_s": [t for _, t in v],
+        }
+        for (m, d), v in grouped.items()
+    ]
+
+
+if __name__ == "__main__":
+    main()
