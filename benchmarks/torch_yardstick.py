@@ -426,6 +426,125 @@ def torch_child(spec: dict) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------
+# Where the difference comes from: each 3x3 convolution of ResNet-18 (CIFAR), both libraries.
+# ----------------------------------------------------------------------------------------------
+# (spatial size, in channels, out channels, stride) of ResNet-18's 3x3 convolutions at 32x32.
+CONV_LAYERS = (
+    (32, 64, 64, 1),
+    (32, 64, 128, 2),
+    (16, 128, 128, 1),
+    (8, 256, 256, 1),
+    (4, 512, 512, 1),
+)
+
+
+def layers_child(spec: dict) -> dict:
+    """CPU time of forward, input-gradient and weight-gradient of each of :data:`CONV_LAYERS`.
+
+    CPU time (all threads, best of ``repeats``) rather than wall time: it is the work each
+    library's kernels do, which other processes on a shared machine change much less. PyTorch
+    runs on ``spec['threads']`` threads, JAX on its default thread pool.
+    """
+    import time
+
+    import numpy as np
+
+    batch, repeats = spec["batch"], spec["repeats"]
+
+    def cpu_ms(fn) -> float:
+        fn()
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.process_time()
+            fn()
+            best = min(best, time.process_time() - start)
+        return round(best * 1e3, 2)
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for hw, cin, cout, stride in CONV_LAYERS:
+        x = rng.standard_normal((batch, hw, hw, cin), dtype=np.float32)
+        w = rng.standard_normal((3, 3, cin, cout), dtype=np.float32) * 0.05
+        g = rng.standard_normal((batch, hw // stride, hw // stride, cout), dtype=np.float32)
+        if spec["library"] == "jax":
+            import jax
+
+            def conv(x, w, stride=stride):
+                return jax.lax.conv_general_dilated(
+                    x,
+                    w,
+                    (stride, stride),
+                    ((1, 1), (1, 1)),
+                    dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                )
+
+            xj, wj, gj = jax.numpy.asarray(x), jax.numpy.asarray(w), jax.numpy.asarray(g)
+            fwd = jax.jit(conv)
+            dx = jax.jit(lambda x, w, g, conv=conv: jax.vjp(lambda x: conv(x, w), x)[1](g)[0])
+            dw = jax.jit(lambda x, w, g, conv=conv: jax.vjp(lambda w: conv(x, w), w)[1](g)[0])
+            times = [
+                cpu_ms(lambda f=f, a=a: jax.block_until_ready(f(*a)))
+                for f, a in ((fwd, (xj, wj)), (dx, (xj, wj, gj)), (dw, (xj, wj, gj)))
+            ]
+        else:
+            import torch
+
+            torch.set_num_threads(spec["threads"])
+            xt = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
+            wt = torch.from_numpy(w).permute(3, 2, 0, 1).contiguous()
+            gt = torch.from_numpy(g).permute(0, 3, 1, 2).contiguous()
+
+            def backward(mask, xt=xt, wt=wt, gt=gt, stride=stride):
+                return torch.ops.aten.convolution_backward(
+                    gt, xt, wt, None, [stride] * 2, [1, 1], [1, 1], False, [0, 0], 1, mask
+                )
+
+            with torch.no_grad():
+                times = [
+                    cpu_ms(
+                        lambda x=xt, w=wt, s=stride: torch.nn.functional.conv2d(
+                            x, w, stride=s, padding=1
+                        )
+                    ),
+                    cpu_ms(lambda: backward([True, False, False])),
+                    cpu_ms(lambda: backward([False, True, False])),
+                ]
+        flops = 2 * batch * (hw // stride) ** 2 * cin * cout * 9
+        rows.append(
+            {
+                "layer": f"{hw}x{hw} {cin}->{cout} /{stride}",
+                "fwd_cpu_ms": times[0],
+                "dx_cpu_ms": times[1],
+                "dw_cpu_ms": times[2],
+                "gflop_per_cpu_s": [round(flops / t / 1e6, 1) for t in times],
+            }
+        )
+    return {**spec, "layers": rows, "loadavg": _timing.load_average()}
+
+
+def run_layers(args) -> list[dict]:
+    """Runs :func:`layers_child` for JAX and PyTorch and prints the side-by-side table."""
+    out = {}
+    for library in ("jax", "pytorch"):
+        spec = {"mode": "layers", "library": library, "batch": 32, "repeats": 5, "threads": 1}
+        res = _timing.run_child(__file__, spec, devices=1, malloc="default")
+        if "error" in res:
+            raise SystemExit(res["error"])
+        out[library] = res["layers"]
+    table = []
+    for j, t in zip(out["jax"], out["pytorch"], strict=True):
+        row = {"layer": j["layer"]}
+        for part in ("fwd", "dx", "dw"):
+            row[f"{part} jax/torch"] = round(j[f"{part}_cpu_ms"] / t[f"{part}_cpu_ms"], 2)
+            row[f"{part} jax ms"] = j[f"{part}_cpu_ms"]
+            row[f"{part} torch ms"] = t[f"{part}_cpu_ms"]
+        table.append(row)
+    print("CPU ms per 3x3 convolution at batch 32 (JAX default threads, PyTorch 1 thread):")
+    _timing.print_table(table, list(table[0]))
+    return table
+
+
+# ----------------------------------------------------------------------------------------------
 # Parent: settings sweep, interleaved pairs, ratios.
 # ----------------------------------------------------------------------------------------------
 def run_torch(method, dtype, args, *, malloc, fmt, threads, steps, warmup, phase):
@@ -509,6 +628,11 @@ def parse_args(argv=None):
     parser.add_argument("--jax-malloc", default="default", choices=sorted(_timing.MALLOC_SETTINGS))
     parser.add_argument("--out", default=str(_timing.RESULTS_DIR / "torch_yardstick.json"))
     parser.add_argument(
+        "--layers",
+        action="store_true",
+        help="only compare the CPU time of ResNet-18's 3x3 convolutions (fwd, dx, dw)",
+    )
+    parser.add_argument(
         "--append", action="store_true", help="add to --out's results instead of replacing them"
     )
     parser.add_argument(
@@ -523,7 +647,17 @@ def parse_args(argv=None):
 def main(argv=None) -> None:
     args = parse_args(argv)
     if args.child:
-        _timing.emit_result(torch_child(json.loads(args.child)))
+        spec = json.loads(args.child)
+        child = layers_child if spec.get("mode") == "layers" else torch_child
+        _timing.emit_result(child(spec))
+        return
+    if args.layers:
+        table = run_layers(args)
+        path = pathlib.Path(args.out)
+        data = json.loads(path.read_text()) if path.exists() else {"meta": {}, "results": []}
+        data["meta"]["conv_layers_cpu_ms"] = {"date": _timing.machine_info()["date"], "rows": table}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(data, indent=2) + "\n")
         return
     if args.summarize:
         data = json.loads(pathlib.Path(args.out).read_text())
