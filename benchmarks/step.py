@@ -292,6 +292,11 @@ def parse_args(argv=None):
         default=str(_timing.RESULTS_DIR / "peak_flops.json"),
         help="peak FLOPs JSON",
     )
+    parser.add_argument(
+        "--summarize",
+        action="store_true",
+        help="only recompute the utilisation of --out's rows from --peak and print them",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -318,6 +323,13 @@ def main(argv=None) -> None:
         _timing.emit_result(child(json.loads(args.child)))
         return
     peaks = machine_peak_gflops(pathlib.Path(args.peak))
+    if args.summarize:
+        # Utilisation against the current peak file, and the table of every stored row.
+        data = json.loads(pathlib.Path(args.out).read_text())
+        data["results"] = [add_utilisation(r, peaks) for r in data["results"]]
+        pathlib.Path(args.out).write_text(json.dumps(data, indent=2) + "\n")
+        _timing.print_table(data["results"], (*COLUMNS[:4], "malloc", *COLUMNS[4:]))
+        return
     if not peaks:
         print(f"note: {args.peak} missing; run benchmarks/peak_flops.py for utilisation.")
     rows = []

@@ -24,21 +24,25 @@ The PyTorch step is built from the same ssljax config (``configs/<method>.py:cif
   step built with ``dataclasses.replace(comps, augment_fn=...)``).
 
 Not on the PyTorch side: ssljax's step also guards against non-finite steps (a select over the
-whole state) and computes its monitoring metrics (projection std, RankMe eigenvalues, gradient
-norm) on device every step; they are counted against ssljax.
+whole state) and computes its monitoring metrics on device (projection std and gradient norm
+every step, RankMe on logging steps); they are counted against ssljax.
 
 bfloat16: ssljax's ``config.model.dtype='bfloat16'`` (float32 params, bfloat16 compute) against
 ``torch.autocast('cpu', torch.bfloat16)`` around the forward passes and losses.
 
-Every measurement runs in its own process. ``--sweep`` first tries PyTorch's settings (glibc
-malloc tuning x channels_last at 2 threads, then 1 thread with the best of those) and JAX's
-(one device or one per core, x malloc tuning), each once, and keeps the fastest of each; then
-``--repeats`` alternating pairs (ssljax, PyTorch) of the first method at float32 give the
-headline ratio; then one pair per other (method, dtype).
+Every measurement runs in its own process. PyTorch is measured at its best setting: every pair
+runs it at each of ``--torch-settings`` (threads / glibc malloc tuning / channels_last; on a
+loaded machine one thread can beat two, whose OpenMP barriers wait on descheduled threads) and
+the fastest counts. ``--sweep`` first tries ssljax's settings (one device or one per core, x
+malloc tuning) and keeps the fastest. Then ``--repeats`` pairs of the first method at the
+first dtype give the headline ratio (the order of the two sides alternates), then one pair per
+other (method, dtype). ``--layers`` compares the CPU time of each 3x3 convolution of
+ResNet-18 (forward, input gradient, weight gradient), which is where the difference lies.
 
-    python benchmarks/torch_yardstick.py --sweep --repeats 3
-    python benchmarks/torch_yardstick.py --methods byol --dtypes float32 --repeats 3 \
-        --torch-malloc tuned --torch-format channels_last --jax-devices 2
+    python benchmarks/torch_yardstick.py --sweep --methods byol --dtypes float32 --repeats 3
+    python benchmarks/torch_yardstick.py --append --repeats 0 --steps 5   # other methods, bf16
+    python benchmarks/torch_yardstick.py --layers
+    python benchmarks/torch_yardstick.py --summarize     # ratios of the pairs in the JSON
 """
 
 from __future__ import annotations
@@ -547,13 +551,13 @@ def run_layers(args) -> list[dict]:
 # ----------------------------------------------------------------------------------------------
 # Parent: settings sweep, interleaved pairs, ratios.
 # ----------------------------------------------------------------------------------------------
-def run_torch(method, dtype, args, *, malloc, fmt, threads, steps, warmup, phase):
+def run_torch(method, dtype, args, *, malloc, format, threads, steps, warmup, phase):  # noqa: A002
     spec = {
         "method": method,
         "model": args.model,
         "dtype": dtype,
         "malloc": malloc,
-        "format": fmt,
+        "format": format,
         "threads": threads,
         "steps": steps,
         "warmup": warmup,
@@ -617,15 +621,17 @@ def parse_args(argv=None):
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3, help="pairs for the headline ratio")
-    parser.add_argument("--sweep", action="store_true", help="try settings first, keep fastest")
-    parser.add_argument("--sweep-steps", type=int, default=5)
-    parser.add_argument("--torch-malloc", default="tuned", choices=sorted(_timing.MALLOC_SETTINGS))
     parser.add_argument(
-        "--torch-format", default="contiguous", choices=("contiguous", "channels_last")
+        "--sweep", action="store_true", help="try ssljax's settings first, keep fastest"
     )
-    parser.add_argument("--torch-threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--sweep-steps", type=int, default=5)
+    parser.add_argument(
+        "--torch-settings",
+        default="1/default/contiguous,2/tuned/contiguous,2/tuned/channels_last",
+        help="PyTorch settings threads/malloc/format tried in every pair; the fastest counts",
+    )
     parser.add_argument("--jax-devices", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--jax-malloc", default="default", choices=sorted(_timing.MALLOC_SETTINGS))
+    parser.add_argument("--jax-malloc", default="tuned", choices=sorted(_timing.MALLOC_SETTINGS))
     parser.add_argument("--out", default=str(_timing.RESULTS_DIR / "torch_yardstick.json"))
     parser.add_argument(
         "--layers",
@@ -677,85 +683,71 @@ def main(argv=None) -> None:
     if args.append and pathlib.Path(args.out).exists():
         earlier = json.loads(pathlib.Path(args.out).read_text())["results"]
 
+    run = meta["date"]  # tags this invocation's rows: pairs never mix two runs
+
     def record(row):
+        row = {**row, "run": run}
         rows.append(row)
         _show(row)
         _timing.write_results(args.out, meta, earlier + rows)
 
-    torch_cfg = {
-        "malloc": args.torch_malloc,
-        "format": args.torch_format,
-        "threads": args.torch_threads,
-    }
+    torch_settings = parse_torch_settings(args.torch_settings)
     jax_cfg = {"devices": args.jax_devices, "malloc": args.jax_malloc}
     head_method, head_dtype = methods[0], dtypes[0]
     if args.sweep:
+        # ssljax's settings: one device or one per core, malloc as is or tuned.
         sweep = dict(steps=args.sweep_steps, warmup=1, phase="sweep")
-        torch_rows, jax_rows = [], []
+        jax_rows = []
         for malloc in ("default", "tuned"):
-            for fmt in ("contiguous", "channels_last"):
-                row = run_torch(
-                    head_method, head_dtype, args, malloc=malloc, fmt=fmt,
-                    threads=args.torch_threads, **sweep,
-                )  # fmt: skip
-                torch_rows.append(row)
-                record(row)
             for devices in sorted({1, os.cpu_count() or 1}):
                 row = run_jax(
-                    head_method,
-                    head_dtype,
-                    args,
-                    devices=devices,
-                    malloc=malloc,
-                    **sweep,
+                    head_method, head_dtype, args, devices=devices, malloc=malloc, **sweep
                 )
                 jax_rows.append(row)
                 record(row)
-        best = _fastest(torch_rows, ("malloc", "format"))
-        # One thread per process can beat two when the cores are oversubscribed (OpenMP
-        # threads wait on each other at every barrier); try it with the best of the above.
-        row = run_torch(
-            head_method, head_dtype, args, malloc=best["malloc"], fmt=best["format"],
-            threads=1, **sweep,
-        )  # fmt: skip
-        torch_rows.append(row)
-        record(row)
-        torch_cfg = _fastest(torch_rows, ("malloc", "format", "threads"))
         jax_cfg = _fastest(jax_rows, ("devices", "malloc"))
-        print(f"fastest PyTorch setting: {torch_cfg}; fastest ssljax setting: {jax_cfg}")
-    meta.update(torch_setting=torch_cfg, jax_setting=jax_cfg)
+        print(f"fastest ssljax setting: {jax_cfg}")
+    meta.update(torch_settings=torch_settings, jax_setting=jax_cfg)
 
     common = dict(steps=args.steps, warmup=args.warmup)
     pairs = [(head_method, head_dtype, "headline", r) for r in range(args.repeats)]
     pairs += [
         (m, d, "other", 0) for m in methods for d in dtypes if (m, d) != (head_method, head_dtype)
     ]
-    ratios: dict[tuple[str, str], list[float]] = {}
     for method, dtype, phase, r in pairs:
-        pair = []
         # Alternate which side goes first, so a change of load hits both alike.
         for side in ("ssljax", "pytorch") if r % 2 == 0 else ("pytorch", "ssljax"):
             if side == "ssljax":
-                row = run_jax(method, dtype, args, **jax_cfg, phase=phase, **common)
-            else:
-                row = run_torch(
-                    method, dtype, args, threads=torch_cfg["threads"], fmt=torch_cfg["format"],
-                    malloc=torch_cfg["malloc"], phase=phase, **common,
-                )  # fmt: skip
-            row["repeat"] = r
-            record(row)
-            pair.append(row)
-        if all("error" not in p for p in pair):
-            jax_row = next(p for p in pair if p["side"] == "ssljax")
-            torch_row = next(p for p in pair if p["side"] == "pytorch")
-            ratio = jax_row["images_per_s"] / torch_row["images_per_s"]
-            ratios.setdefault((method, dtype), []).append(round(ratio, 3))
-            print(f"ratio ssljax/PyTorch {method} {dtype} repeat {r}: {ratio:.3f}")
+                record(
+                    {**run_jax(method, dtype, args, **jax_cfg, phase=phase, **common), "repeat": r}
+                )
+                continue
+            for setting in torch_settings:
+                row = run_torch(method, dtype, args, **setting, phase=phase, **common)
+                record({**row, "repeat": r})
+        for ratio in pair_ratios(rows):
+            if (ratio["method"], ratio["dtype"]) == (method, dtype):
+                print(f"ratio ssljax/PyTorch {method} {dtype}: {ratio['ratios']}")
     meta["ratios"] = pair_ratios(earlier + rows)
     _timing.write_results(args.out, meta, earlier + rows)
     print()
     _timing.print_table(meta["ratios"], RATIO_COLUMNS)
     print(f"\nwrote {args.out}")
+
+
+def parse_torch_settings(text: str) -> list[dict]:
+    """``'1/default/contiguous,2/tuned/channels_last'`` -> a list of PyTorch settings.
+
+    Each item is ``threads/malloc/format`` with malloc a key of ``_timing.MALLOC_SETTINGS``
+    and format ``contiguous`` or ``channels_last``.
+    """
+    settings = []
+    for item in (i for i in text.split(",") if i):
+        threads, malloc, fmt = item.split("/")
+        if malloc not in _timing.MALLOC_SETTINGS or fmt not in ("contiguous", "channels_last"):
+            raise SystemExit(f"bad --torch-settings item {item!r}: threads/malloc/format")
+        settings.append({"threads": int(threads), "malloc": malloc, "format": fmt})
+    return settings
 
 
 RATIO_COLUMNS = (
@@ -771,18 +763,33 @@ RATIO_COLUMNS = (
 def pair_ratios(rows: list[dict]) -> list[dict]:
     """ssljax/PyTorch images/s of each measured pair, grouped by (method, dtype).
 
-    A pair is the two rows of one (phase, method, dtype, repeat) outside the sweep, measured
-    back to back.
+    A pair is the rows of one (run, phase, method, dtype, repeat) outside the sweep, measured
+    back to back: ssljax's, and PyTorch's at each of its settings, of which the fastest counts
+    (PyTorch at its best setting). A row measured again later replaces the earlier one.
     """
     pairs: dict[tuple, dict[str, dict]] = {}
     for r in rows:
         if r.get("phase") == "sweep" or "error" in r or "images_per_s" not in r:
             continue
-        key = (r["method"], r["dtype"], r.get("phase"), r.get("repeat", 0))
-        pairs.setdefault(key, {})[r["side"]] = r
+        key = (r.get("run"), r["method"], r["dtype"], r.get("phase"), r.get("repeat", 0))
+        sides = pairs.setdefault(key, {})
+        if r["side"] == "ssljax":
+            sides["ssljax"] = r
+        else:
+            setting = (r.get("threads"), r.get("malloc"), r.get("format"))
+            sides.setdefault("pytorch_by_setting", {})[setting] = r
+    for sides in pairs.values():
+        if "pytorch_by_setting" in sides:
+            by_setting = sides.pop("pytorch_by_setting")
+            sides["pytorch"] = max(by_setting.values(), key=lambda r: r["images_per_s"])
     grouped: dict[tuple[str, str], list[tuple[float, float]]] = {}
-    for (method, dtype, _, _), sides in pairs.items():
+    best_settings: dict[tuple[str, str], list[str]] = {}
+    for (_, method, dtype, _, _), sides in pairs.items():
         if len(sides) == 2:
+            t = sides["pytorch"]
+            best_settings.setdefault((method, dtype), []).append(
+                f"{t.get('threads')}/{t.get('malloc')}/{t.get('format')}"
+            )
             jax_ips, torch_ips = (
                 sides["ssljax"]["images_per_s"],
                 sides["pytorch"]["images_per_s"],
@@ -796,6 +803,7 @@ def pair_ratios(rows: list[dict]) -> list[dict]:
             "median_ratio": round(statistics.median(j / t for j, t in v), 3),
             "ssljax_img_s": [j for j, _ in v],
             "pytorch_img_s": [t for _, t in v],
+            "pytorch_best_settings": best_settings[(m, d)],
         }
         for (m, d), v in grouped.items()
     ]
