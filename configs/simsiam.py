@@ -17,7 +17,7 @@ output BN without affine), predictor 2048-512-2048, no blur.
 
 from ssljax import config_schema
 
-PRESETS = ("digits", "cifar10", "imagenet")
+PRESETS = ("digits", "cifar10", "cifar10_cpu", "imagenet")
 
 
 def get_config(arg: str | None = None):
@@ -54,7 +54,7 @@ def get_config(arg: str | None = None):
         c.num_epochs = 100.0
         c.optimizer.base_lr = 0.05
         c.optimizer.weight_decay = 1e-4
-    elif preset == "cifar10":
+    elif preset in ("cifar10", "cifar10_cpu"):
         c.heads.projector_hidden = (2048,)
         c.global_batch = 512
         c.num_epochs = 800.0
@@ -67,4 +67,6 @@ def get_config(arg: str | None = None):
         c.heads.predictor_dim = 256
         c.optimizer.base_lr = 0.05
         c.optimizer.weight_decay = 5e-4
+    if preset == "cifar10_cpu":
+        config_schema.apply_cpu_budget(c)
     return c

@@ -16,7 +16,7 @@ cifar10: ResNet-18 (CIFAR stem), batch 256, LARS base lr 0.3, weight decay 1e-4,
 
 from ssljax import config_schema
 
-PRESETS = ("digits", "cifar10", "imagenet")
+PRESETS = ("digits", "cifar10", "cifar10_cpu", "imagenet")
 
 
 def get_config(arg: str | None = None):
@@ -41,7 +41,7 @@ def get_config(arg: str | None = None):
         c.optimizer.base_lr = 0.2
         c.optimizer.weight_decay = 1e-6
         c.optimizer.final_lr = 0.2 * 2048 / 256 * 1e-3
-    elif preset == "cifar10":
+    elif preset in ("cifar10", "cifar10_cpu"):
         c.heads.projector_hidden = (2048, 2048)
         c.heads.projector_dim = 2048
         c.optimizer.base_lr = 0.3
@@ -51,4 +51,6 @@ def get_config(arg: str | None = None):
         c.heads.projector_dim = 256
         c.optimizer.base_lr = 0.3
         c.optimizer.weight_decay = 1e-4
+    if preset == "cifar10_cpu":
+        config_schema.apply_cpu_budget(c)
     return c

@@ -1,0 +1,272 @@
+"""The README's CIFAR-10 table: each method pretrained within a CPU budget, and its baselines.
+
+    python benchmarks/cifar_table.py --root /tmp/ssljax_table          # everything (~2.5 h)
+    python benchmarks/cifar_table.py --root /tmp/ssljax_table --rows byol,pixels
+    python benchmarks/cifar_table.py --root /tmp/ssljax_table --print  # table of what is done
+
+Rows:
+
+* ``byol``, ``simsiam``, ``vicreg``, ``barlow_twins``: ``python -m ssljax.main
+  --config=configs/<method>.py:cifar10_cpu`` (ResNet-18, CIFAR stem, width 0.25; the method's
+  CIFAR-10 recipe for ``config_schema.CPU_BUDGET_EPOCHS`` epochs), then ``python -m
+  ssljax.evaluate`` with the ``knn`` and ``linear`` protocols on the 10,000 test images.
+* ``random_target``: BYOL's bootstrap experiment (Grill et al. 2020, sec. 3.1) at the same
+  budget -- the target frozen at its random initialisation (tau = 1).
+* ``init``: the same network (BYOL's, ``zero_init_residual=False``) at its random
+  initialisation, measured the same way. Its parameters are those of step 0 exactly (50 steps
+  at learning rate 0 with the probe off); only the BatchNorm running statistics have been
+  estimated from those 50 training batches, as evaluation-mode BatchNorm needs them. (The kNN
+  of every run at step 0, with the initial running statistics of 0 and 1, is its own
+  ``kNN@init`` column.)
+* ``pixels``: the raw pixels in [0, 1] (3,072 dimensions) through the same kNN and linear
+  classifier.
+
+Each row runs in its own process and leaves its workdir under ``--root``; a row whose results
+exist is not run again (delete its folder to rerun it), and an interrupted run resumes from its
+checkpoint. The table goes to stdout and ``--root/table.json`` (and ``--out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import pathlib
+import platform
+import subprocess
+import sys
+import tarfile
+import time
+
+import numpy as np
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+METHOD_ROWS = ("byol", "simsiam", "vicreg", "barlow_twins", "random_target")
+ROWS = (*METHOD_ROWS, "init", "pixels")
+CLASSES = (
+    "airplane automobile bird cat deer dog frog horse ship truck".split()
+)  # the standard CIFAR-10 label order
+
+
+def _run(cmd: list[str], log: pathlib.Path) -> None:
+    """Runs ``cmd`` with its output appended to ``log``; raises with the log's tail on failure."""
+    print("+", " ".join(cmd), flush=True)
+    with open(log, "a", encoding="utf-8") as f:
+        proc = subprocess.run(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT, check=False)
+    if proc.returncode:
+        tail = log.read_text(encoding="utf-8", errors="replace")[-3000:]
+        raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}); end of {log}:\n{tail}")
+
+
+def unpack_cifar(root: pathlib.Path, shared_data: pathlib.Path) -> pathlib.Path:
+    """Returns the CIFAR-10 image folder, unpacked from ``cifar10-jpg.tar.gz`` the first time."""
+    folder = root / "cifar10"
+    if (folder / "test").is_dir() and (folder / "train").is_dir():
+        return folder
+    archive = shared_data / "cifar10-jpg.tar.gz"
+    if not archive.is_file():
+        raise SystemExit(
+            f"{archive} not found: point --shared-data (or SSLJAX_TEST_DATA) at the folder "
+            "holding cifar10-jpg.tar.gz (../shared/data beside the repository)."
+        )
+    tmp = root / "cifar10.partial"
+    tmp.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(archive) as tar:
+        tar.extractall(tmp, filter="data")
+    tmp.rename(folder)
+    return folder
+
+
+def train_and_eval(row: str, args, cifar: pathlib.Path) -> dict:
+    """Pretrains one row (if not done), runs the kNN and linear protocols, returns its results."""
+    workdir = args.root / row
+    workdir.mkdir(parents=True, exist_ok=True)
+    log = workdir / "log.txt"
+    if row == "init":
+        config = "configs/byol.py:cifar10_cpu"
+        extra = [
+            "--config.optimizer.base_lr=0.0",
+            "--config.num_steps=50",
+            "--config.probe.enabled=False",
+            "--config.knn.at_end=False",
+        ]
+    elif row == "random_target":
+        config, extra = "configs/byol.py:random_target", []
+    else:
+        config, extra = f"configs/{row}.py:cifar10_cpu", []
+    data = [f"--config.data.root={cifar}", f"--config.data.data_dir={args.root / 'tfds'}"]
+    if not (workdir / "summary.json").exists():
+        _run(
+            [sys.executable, "-m", "ssljax.main", f"--config={config}", f"--workdir={workdir}"]
+            + data
+            + extra
+            + list(args.override),
+            log,
+        )
+    for protocol in ("knn", "linear"):
+        if not (workdir / f"eval_{protocol}.json").exists():
+            _run(
+                [
+                    sys.executable,
+                    "-m",
+                    "ssljax.evaluate",
+                    f"--workdir={workdir}",
+                    f"--protocol={protocol}",
+                    f"--data_dir={args.root / 'tfds'}",
+                ],
+                log,
+            )
+    return summarize_run(row, workdir)
+
+
+def summarize_run(row: str, workdir: pathlib.Path) -> dict:
+    """The table's fields of a finished row, read from its workdir."""
+    summary = json.loads((workdir / "summary.json").read_text())
+    config = json.loads((workdir / "config.json").read_text())
+    knn = json.loads((workdir / "eval_knn.json").read_text())
+    linear = json.loads((workdir / "eval_linear.json").read_text())
+    curve = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    train_rows = [r for r in curve if "loss" in r]
+    return {
+        "row": row,
+        "method": config["method"],
+        "epochs": config["num_epochs"] if config["num_steps"] <= 0 else None,
+        "steps": summary["step"],
+        "wall_time_min": round(summary.get("wall_time_s", 0.0) / 60, 1),
+        "images_per_s": round(summary.get("images_per_sec_overall", 0.0), 1),
+        "knn_at_init": summary.get("knn_top1_init"),
+        "knn_top1": _result(knn, "knn_top1_k200"),
+        "linear_top1": _result(linear, "linear_top1"),
+        "final_loss": summary.get("loss"),
+        "proj_std_x_sqrt_d": summary.get("proj_std_x_sqrt_d"),
+        "min_proj_std_x_sqrt_d": min(
+            (r["proj_std_x_sqrt_d"] for r in train_rows if "proj_std_x_sqrt_d" in r),
+            default=None,
+        ),
+        "loss_curve": [(r["step"], round(r["loss"], 4)) for r in train_rows][:: max(1, len(train_rows) // 10)],
+    }
+
+
+def _result(record: dict, key: str):
+    return record.get(key)
+
+
+def load_pixels(cifar: pathlib.Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """Flattened pixels in [0, 1] and labels of one split, classes in the standard order."""
+    from PIL import Image
+
+    xs, ys = [], []
+    for label, name in enumerate(CLASSES):
+        for path in sorted((cifar / split / name).iterdir()):
+            with Image.open(path) as im:
+                xs.append(np.asarray(im.convert("RGB"), np.uint8).reshape(-1))
+            ys.append(label)
+    return np.stack(xs).astype(np.float32) / 255.0, np.asarray(ys)
+
+
+def pixels_row(args, cifar: pathlib.Path) -> dict:
+    """kNN (k = 200, cosine, T = 0.07) and the linear protocol on raw pixels."""
+    out = args.root / "pixels" / "results.json"
+    if out.exists():
+        return json.loads(out.read_text())
+    from ssljax import evaluate
+
+    start = time.perf_counter()
+    train = load_pixels(cifar, "train")
+    test = load_pixels(cifar, "test")
+    knn = evaluate.knn_protocol(train, test, num_classes=10, ks=(200,))
+    linear = evaluate.linear_protocol(train, test, num_classes=10)
+    result = {
+        "row": "pixels",
+        "method": "raw pixels",
+        "knn_top1": knn["knn_top1_k200"],
+        "linear_top1": linear["linear_top1"],
+        "wall_time_min": round((time.perf_counter() - start) / 60, 1),
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+COLUMNS = (
+    ("row", "{}"),
+    ("epochs", "{}"),
+    ("wall_time_min", "{}"),
+    ("images_per_s", "{}"),
+    ("knn_at_init", "{:.2%}"),
+    ("knn_top1", "{:.2%}"),
+    ("linear_top1", "{:.2%}"),
+    ("final_loss", "{:.3f}"),
+    ("min_proj_std_x_sqrt_d", "{:.2f}"),
+)
+
+
+def print_table(rows: list[dict]) -> None:
+    """Prints the rows as a Markdown table (missing fields blank)."""
+    print("| " + " | ".join(name for name, _ in COLUMNS) + " |")
+    print("|" + "---|" * len(COLUMNS))
+    for r in rows:
+        cells = [fmt.format(r[k]) if r.get(k) is not None else "" for k, fmt in COLUMNS]
+        print("| " + " | ".join(cells) + " |")
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--root", type=pathlib.Path, required=True, help="workdirs and table")
+    parser.add_argument("--rows", default=",".join(ROWS), help=f"subset of {','.join(ROWS)}")
+    parser.add_argument(
+        "--shared-data",
+        type=pathlib.Path,
+        default=pathlib.Path(os.environ.get("SSLJAX_TEST_DATA", REPO.parent / "shared" / "data")),
+    )
+    parser.add_argument(
+        "--override", action="append", default=[], help="extra --config.x=y for every run"
+    )
+    parser.add_argument("--print", action="store_true", help="only print the finished rows")
+    parser.add_argument("--out", type=pathlib.Path, help="also write the table JSON here")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    rows = [r for r in args.rows.split(",") if r]
+    unknown = set(rows) - set(ROWS)
+    if unknown:
+        raise SystemExit(f"unknown rows {sorted(unknown)}; valid: {list(ROWS)}")
+    args.root = args.root.expanduser().resolve()
+    args.root.mkdir(parents=True, exist_ok=True)
+    results = []
+    cifar = None if args.print else unpack_cifar(args.root, args.shared_data)
+    for row in rows:
+        if args.print:
+            try:
+                done = (
+                    json.loads((args.root / "pixels" / "results.json").read_text())
+                    if row == "pixels"
+                    else summarize_run(row, args.root / row)
+                )
+            except FileNotFoundError:
+                continue
+        else:
+            done = pixels_row(args, cifar) if row == "pixels" else train_and_eval(row, args, cifar)
+        results.append(done)
+        print_table(results)
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
+    ).stdout.strip()
+    meta = {
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "commit": commit,
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+        "argv": sys.argv,
+    }
+    table = {"meta": meta, "rows": results}
+    for path in filter(None, (args.root / "table.json", args.out)):
+        path.write_text(json.dumps(table, indent=2) + "\n")
+    print()
+    print_table(results)
+
+
+if __name__ == "__main__":
+    main()
