@@ -144,7 +144,9 @@ def summarize_run(row: str, workdir: pathlib.Path) -> dict:
             (r["proj_std_x_sqrt_d"] for r in train_rows if "proj_std_x_sqrt_d" in r),
             default=None,
         ),
-        "loss_curve": [(r["step"], round(r["loss"], 4)) for r in train_rows][:: max(1, len(train_rows) // 10)],
+        "loss_curve": [(r["step"], round(r["loss"], 4)) for r in train_rows][
+            :: max(1, len(train_rows) // 10)
+        ],
     }
 
 

@@ -1,4 +1,5 @@
-"""BYOL (Grill et al. 2020): presets digits (default), cifar10, cifar10_cpu, random_target, imagenet.
+"""BYOL (Grill et al. 2020): presets digits (default), cifar10, cifar10_cpu, random_target,
+imagenet.
 
 Commands:
   python -m ssljax.main --config=configs/byol.py --workdir=/tmp/byol_digits

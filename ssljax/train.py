@@ -675,8 +675,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         writer.close()
         with open(os.path.join(workdir, "summary.json"), "w", encoding="utf-8") as f:
             json.dump({"step": int(state.step), **last}, f, indent=2)
+        logging.info(_summary_line(int(state.step), done, last, workdir))
     ckpt.close()
     return last
+
+
+def _summary_line(step: int, done: int, last: dict[str, float], workdir: str) -> str:
+    """The run's outcome in one log line: steps, wall time, throughput, kNN against init."""
+    parts = [f"Finished at step {step} ({done} this run) in {last['wall_time_s']:.0f} s"]
+    if "images_per_sec_overall" in last:
+        parts.append(f"{last['images_per_sec_overall']:.0f} img/s overall")
+    if "knn_top1" in last:
+        knn_text = f"kNN top-1 {last['knn_top1']:.2%}"
+        if "knn_top1_init" in last:
+            gain = 100 * (last["knn_top1"] - last["knn_top1_init"])
+            knn_text += f" ({last['knn_top1_init']:.2%} at initialisation, {gain:+.1f} points)"
+        parts.append(knn_text)
+    return "; ".join(parts) + f". Summary: {os.path.join(workdir, 'summary.json')}"
 
 
 def _flush_metrics(pending, writer, progress, step: int) -> dict[str, float]:

@@ -263,3 +263,18 @@ def test_main_on_digits_writes_logs_and_checkpoints_then_resumes(tmp_path):
     assert steps == [1, 2, 3, 4, 5, 6, 7, 8], "the second run must resume at step 7, not restart"
     assert json.loads((workdir / "summary.json").read_text())["step"] == 8
     assert os.path.isdir(workdir / "checkpoints" / "8")
+
+
+def test_summary_line_reports_knn_against_initialisation():
+    last = {
+        "wall_time_s": 128.4,
+        "images_per_sec_overall": 437.9,
+        "knn_top1": 0.9533,
+        "knn_top1_init": 0.94,
+    }
+    line = train._summary_line(440, 440, last, "/tmp/w")
+    assert line == (
+        "Finished at step 440 (440 this run) in 128 s; 438 img/s overall; kNN top-1 95.33% "
+        "(94.00% at initialisation, +1.3 points). Summary: /tmp/w/summary.json"
+    )
+    assert "kNN" not in train._summary_line(5, 0, {"wall_time_s": 1.0}, "/w")
