@@ -78,6 +78,24 @@ def unpack_cifar(root: pathlib.Path, shared_data: pathlib.Path) -> pathlib.Path:
     return folder
 
 
+def prepare(root: pathlib.Path, cifar: pathlib.Path) -> None:
+    """Prepares the image folder into ``root/tfds`` once (about 15 s)."""
+    if (root / "tfds" / "image_folder").is_dir():
+        return
+    root.mkdir(parents=True, exist_ok=True)
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "ssljax.data.prepare",
+            "--dataset=image_folder",
+            f"--root={cifar}",
+            f"--data_dir={root / 'tfds'}",
+        ],
+        root / "prepare_log.txt",
+    )
+
+
 def train_and_eval(row: str, args, cifar: pathlib.Path) -> dict:
     """Pretrains one row (if not done), runs the kNN and linear protocols, returns its results."""
     workdir = args.root / row
@@ -240,6 +258,8 @@ def main(argv=None) -> None:
     args.root.mkdir(parents=True, exist_ok=True)
     results = []
     cifar = None if args.print else unpack_cifar(args.root, args.shared_data)
+    if cifar is not None:
+        prepare(args.root, cifar)
     for row in rows:
         if args.print:
             try:
