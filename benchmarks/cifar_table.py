@@ -162,10 +162,24 @@ def summarize_run(row: str, workdir: pathlib.Path) -> dict:
             (r["proj_std_x_sqrt_d"] for r in train_rows if "proj_std_x_sqrt_d" in r),
             default=None,
         ),
-        "loss_curve": [(r["step"], round(r["loss"], 4)) for r in train_rows][
-            :: max(1, len(train_rows) // 10)
-        ],
+        "loss_curve": _subsample([(r["step"], round(r["loss"], 4)) for r in train_rows]),
+        # The collapse monitor over the run: 0 is a collapsed projection, 1 a healthy one.
+        "monitor_curve": _subsample(
+            [
+                (r["step"], round(r["proj_std_x_sqrt_d"], 3))
+                for r in train_rows
+                if "proj_std_x_sqrt_d" in r
+            ]
+        ),
     }
+
+
+def _subsample(points: list, count: int = 10) -> list:
+    """About ``count`` evenly spaced points of a curve, always including its last point."""
+    picked = points[:: max(1, len(points) // count)]
+    if points and picked[-1] != points[-1]:
+        picked.append(points[-1])
+    return picked
 
 
 def _result(record: dict, key: str):
