@@ -29,16 +29,15 @@ checkpoint. The table goes to stdout and ``--root/table.json`` (and ``--out``).
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import pathlib
-import platform
 import subprocess
 import sys
 import tarfile
 import time
 
+import _timing
 import numpy as np
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -291,12 +290,7 @@ def main(argv=None) -> None:
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
     ).stdout.strip()
-    meta = {
-        "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "commit": commit,
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
-        "argv": sys.argv,
-    }
+    meta = {**_timing.machine_info(), "commit": commit, "argv": sys.argv}
     table = {"meta": meta, "rows": results}
     for path in filter(None, (args.root / "table.json", args.out)):
         path.write_text(json.dumps(table, indent=2) + "\n")
