@@ -149,6 +149,8 @@ def summarize_run(row: str, workdir: pathlib.Path) -> dict:
         "row": row,
         "method": config["method"],
         "epochs": config["num_epochs"] if config["num_steps"] <= 0 else None,
+        # Recorded because --override can change it (a tenth of the run in the presets).
+        "warmup_epochs": config["warmup_epochs"],
         "steps": summary["step"],
         "wall_time_min": round(summary.get("wall_time_s", 0.0) / 60, 1),
         "images_per_s": round(summary.get("images_per_sec_overall", 0.0), 1),
