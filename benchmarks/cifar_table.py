@@ -21,6 +21,11 @@ Rows:
 * ``pixels``: the raw pixels in [0, 1] (3,072 dimensions) through the same kNN and linear
   classifier.
 
+A variant of a method row is named ``ROW.TAG`` (``--tag TAG`` with ``--override``): it trains
+in its own workdir ``--root/ROW.TAG`` (``--rows byol --tag tau0.9
+--override=--config.tau_base=0.9``), and the row records the recipe fields it ran with (batch,
+learning rate, weight decay, tau) so the table says what was changed.
+
 Each row runs in its own process and leaves its workdir under ``--root``; a row whose results
 exist is not run again (delete its folder to rerun it), and an interrupted run resumes from its
 checkpoint. The table goes to stdout and ``--root/table.json`` (and ``--out``).
@@ -95,8 +100,23 @@ def prepare(root: pathlib.Path, cifar: pathlib.Path) -> None:
     )
 
 
+def split_row(row: str) -> tuple[str, str]:
+    """Splits a row name ``ROW`` or ``ROW.TAG`` into the base row and its tag ("" if none).
+
+    Raises:
+      SystemExit: if the base row is unknown, or a tag is given to a row that trains nothing.
+    """
+    base, _, tag = row.partition(".")
+    if base not in ROWS:
+        raise SystemExit(f"unknown row {row!r}; valid: {list(ROWS)}, or ROW.TAG for a variant")
+    if tag and base not in METHOD_ROWS:
+        raise SystemExit(f"row {row!r}: only {list(METHOD_ROWS)} take a variant tag")
+    return base, tag
+
+
 def train_and_eval(row: str, args, cifar: pathlib.Path) -> dict:
     """Pretrains one row (if not done), runs the kNN and linear protocols, returns its results."""
+    base, _ = split_row(row)
     workdir = args.root / row
     workdir.mkdir(parents=True, exist_ok=True)
     log = workdir / "log.txt"
@@ -108,10 +128,10 @@ def train_and_eval(row: str, args, cifar: pathlib.Path) -> dict:
             "--config.probe.enabled=False",
             "--config.knn.at_end=False",
         ]
-    elif row == "random_target":
+    elif base == "random_target":
         config, extra = "configs/byol.py:random_target", []
     else:
-        config, extra = f"configs/{row}.py:cifar10_cpu", []
+        config, extra = f"configs/{base}.py:cifar10_cpu", []
     data = [f"--config.data.root={cifar}", f"--config.data.data_dir={args.root / 'tfds'}"]
     if not (workdir / "summary.json").exists():
         _run(
@@ -149,8 +169,14 @@ def summarize_run(row: str, workdir: pathlib.Path) -> dict:
         "row": row,
         "method": config["method"],
         "epochs": config["num_epochs"] if config["num_steps"] <= 0 else None,
-        # Recorded because --override can change it (a tenth of the run in the presets).
+        # Recorded because --override can change them (warm-up is a tenth of the run in the
+        # presets; the rest is the method's CIFAR-10 recipe unless the row is a variant).
         "warmup_epochs": config["warmup_epochs"],
+        "global_batch": config["global_batch"],
+        "optimizer": config["optimizer"]["name"],
+        "base_lr": config["optimizer"]["base_lr"],
+        "weight_decay": config["optimizer"]["weight_decay"],
+        **({"tau_base": config["tau_base"]} if config["method"] == "byol" else {}),
         "steps": summary["step"],
         "wall_time_min": round(summary.get("wall_time_s", 0.0) / 60, 1),
         "images_per_s": round(summary.get("images_per_sec_overall", 0.0), 1),
@@ -258,6 +284,9 @@ def parse_args(argv=None):
     parser.add_argument(
         "--override", action="append", default=[], help="extra --config.x=y for every run"
     )
+    parser.add_argument(
+        "--tag", default="", help="run the method rows as variants ROW.TAG (with --override)"
+    )
     parser.add_argument("--print", action="store_true", help="only print the finished rows")
     parser.add_argument("--out", type=pathlib.Path, help="also write the table JSON here")
     return parser.parse_args(argv)
@@ -266,9 +295,12 @@ def parse_args(argv=None):
 def main(argv=None) -> None:
     args = parse_args(argv)
     rows = [r for r in args.rows.split(",") if r]
-    unknown = set(rows) - set(ROWS)
-    if unknown:
-        raise SystemExit(f"unknown rows {sorted(unknown)}; valid: {list(ROWS)}")
+    if args.tag:
+        if "/" in args.tag:
+            raise SystemExit(f"--tag {args.tag!r}: no '/' (it names a workdir)")
+        rows = [f"{r}.{args.tag}" for r in rows]
+    for row in rows:
+        split_row(row)
     args.root = args.root.expanduser().resolve()
     args.root.mkdir(parents=True, exist_ok=True)
     results = []
