@@ -446,7 +446,8 @@ def initialize(
             visible = ",".join(str(i) for i in ids)
             jax.config.update("jax_cuda_visible_devices", visible)
             jax.config.update("jax_rocm_visible_devices", visible)
-        logger.info(setup.describe())
+        # One process is the usual case and nothing to report at the default verbosity.
+        logger.debug(setup.describe())
         return setup
 
     address = setup.coordinator_address

@@ -41,7 +41,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from ssljax import data, knn, metric_writers, models, optim, sharding, train
+from ssljax import data, knn, metric_writers, models, optim, paths, sharding, strict_json, train
 from ssljax.diagnostics import (
     alignment,
     normalized_std,
@@ -49,6 +49,15 @@ from ssljax.diagnostics import (
     rankme,
     uniformity,
 )
+
+EVALUATE_USAGE = """usage: python -m ssljax.evaluate --workdir=DIR [--protocol=knn|linear] [flags]
+
+Evaluates the newest checkpoint of a training run on its frozen features and writes
+DIR/eval_<protocol>.json. Examples:
+  python -m ssljax.evaluate --workdir=/tmp/ssljax_digits --protocol=knn
+  python -m ssljax.evaluate --workdir=/tmp/byol_cifar10 --protocol=linear \\
+      --eval_override=linear.epochs=50 --data_dir=~/ssljax_data
+"""
 
 __all__ = [
     "EVAL_PRESETS",
@@ -438,7 +447,7 @@ def load_run(
     import orbax.checkpoint as ocp
     from etils import epath
 
-    workdir = os.path.abspath(os.path.expanduser(workdir))
+    workdir = os.path.abspath(paths.expand(workdir))
     if not os.path.isdir(workdir):
         raise FileNotFoundError(f"--workdir={workdir} does not exist.")
     config_path = os.path.join(workdir, "config.json")
@@ -980,12 +989,12 @@ def evaluate_run(
         )
     if data_dir:
         if config is None:
-            path = os.path.join(os.path.abspath(os.path.expanduser(workdir)), "config.json")
+            path = os.path.join(os.path.abspath(paths.expand(workdir)), "config.json")
             if os.path.isfile(path):
                 with open(path, encoding="utf-8") as f:
                     config = ml_collections.ConfigDict(json.load(f))
         if config is not None:
-            config.data.data_dir = data_dir
+            config.data.data_dir = paths.expand(data_dir)
     run = load_run(workdir, config)
     ecfg = resolve_eval_config(run.config, eval_preset, eval_overrides)
     mesh = sharding.make_mesh()
@@ -1019,6 +1028,7 @@ def evaluate_run(
                 temperature=ecfg.knn.temperature,
             )
         )
+        results["training_log_knn"] = training_knn_note(run.config.knn, ecfg.knn)
     if ecfg.diagnostics.enabled:
         results.update(representation_diagnostics(run, test_feats[0], ecfg))
 
@@ -1033,37 +1043,66 @@ def evaluate_run(
         }
         if protocol == "linear":
             record["note"] = DEVIATION_NOTE
-        with open(os.path.join(run.workdir, f"eval_{protocol}.json"), "w", encoding="utf-8") as f:
-            json.dump(record, f, indent=2)
+        strict_json.write(os.path.join(run.workdir, f"eval_{protocol}.json"), record)
         writer = metric_writers.MetricWriter(os.path.join(run.workdir, "eval"))
-        writer.write_scalars(run.step, {f"eval_{protocol}/{k}": v for k, v in results.items()})
+        scalars = {k: v for k, v in results.items() if isinstance(v, (int, float))}
+        writer.write_scalars(run.step, {f"eval_{protocol}/{k}": v for k, v in scalars.items()})
         writer.close()
     return results
+
+
+def training_knn_note(train_knn: Any, eval_knn: Any) -> str:
+    """Says which of the evaluation's k values the training log's "kNN top-1" is.
+
+    Args:
+      train_knn: the run's ``config.knn`` (``k``, ``temperature``).
+      eval_knn: the evaluation config's ``knn`` (``ks``, ``temperature``).
+
+    Returns:
+      One sentence naming the matching result key, or saying that none matches.
+    """
+    k, t = int(train_knn.k), float(train_knn.temperature)
+    ks = [int(x) for x in eval_knn.ks]
+    if k in ks and math.isclose(t, float(eval_knn.temperature)):
+        return (
+            f"knn_top1_k{k} is the training log's kNN top-1 (config.knn.k={k}, temperature {t:g})."
+        )
+    return (
+        f"The training log's kNN top-1 uses k={k}, temperature {t:g}; none of these results "
+        f"does (ks={ks}, temperature {float(eval_knn.temperature):g}): add "
+        f"--eval_override=knn.ks={tuple(sorted({*ks, k}))}."
+    )
 
 
 def _main(argv: Any) -> None:  # pragma: no cover - thin CLI
     from absl import flags
 
-    from ssljax import config_schema
+    from ssljax import cli, config_schema, log_filters
 
     del argv
     f = flags.FLAGS
-    config = config_schema.load_config(f.config) if f.config else None
-    results = evaluate_run(
-        f.workdir,
-        f.protocol,
-        eval_preset=f.eval_preset,
-        eval_overrides=f.eval_override or (),
-        config=config,
-        data_dir=f.data_dir,
-    )
-    print(json.dumps(results, indent=2))
+    log_filters.quiet_libraries()
+    with cli.user_errors_exit_2(verbose=f.verbosity >= 1):
+        if not f.workdir:
+            cli.fail("--workdir is required: a training run's folder (--help for examples).")
+        config = config_schema.load_config(paths.expand(f.config)) if f.config else None
+        results = evaluate_run(
+            f.workdir,
+            f.protocol,
+            eval_preset=f.eval_preset,
+            eval_overrides=f.eval_override or (),
+            config=config,
+            data_dir=f.data_dir,
+        )
+    print(strict_json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":  # pragma: no cover
+    import sys
+
     from absl import app, flags
 
-    from ssljax import host_devices
+    from ssljax import cli, host_devices
 
     host_devices.configure_cpu_devices()
     flags.DEFINE_string("workdir", None, "A training run's workdir.")
@@ -1078,5 +1117,5 @@ if __name__ == "__main__":  # pragma: no cover
         "config", None, "A config file[:preset] to evaluate with (default: the run's)."
     )
     flags.DEFINE_string("data_dir", None, "Where the prepared dataset lives, if it moved.")
-    flags.mark_flag_as_required("workdir")
-    app.run(_main)
+    cli.absl_help(EVALUATE_USAGE, sys.argv)
+    app.run(_main, flags_parser=cli.parse_flags_or_fail)

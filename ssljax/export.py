@@ -144,11 +144,15 @@ def export_torch(
     Raises:
       ValueError: if the variables are not those of an ssljax ResNet.
     """
-    from safetensors.numpy import save_file
+    from safetensors.numpy import save
 
     tensors = resnet_to_torchvision(params, batch_stats)
     header = {"format": "pt", **{str(k): str(v) for k, v in (metadata or {}).items()}}
-    save_file(tensors, path, metadata=header)
+    # Serialised here and written with open(), not save_file (which creates the file 0600):
+    # the file gets the umask's mode, as the msgpack export does.
+    blob = save(tensors, metadata=header)
+    with open(path, "wb") as f:
+        f.write(blob)
     return path
 
 
@@ -210,7 +214,7 @@ def export_from_workdir(workdir: str, fmt: str, out_dir: str | None = None) -> s
     """
     if fmt not in FORMATS:
         raise ValueError(f"--format={fmt!r} does not exist; valid formats: {list(FORMATS)}.")
-    from ssljax import evaluate
+    from ssljax import evaluate, paths
     from ssljax.models import ResNet
 
     # The backbone alone: the dataset need not be prepared on the exporting machine.
@@ -220,7 +224,7 @@ def export_from_workdir(workdir: str, fmt: str, out_dir: str | None = None) -> s
             f"--format=torch exports ResNet backbones only; this run's backbone is "
             f"{run.config.model.backbone!r} ({type(run.backbone).__name__}). Use --format=flax."
         )
-    out_dir = out_dir or os.path.join(run.workdir, "export")
+    out_dir = paths.expand(out_dir) or os.path.join(run.workdir, "export")
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, FILE_NAMES[fmt])
     if fmt == "torch":
@@ -239,17 +243,37 @@ def main(argv: Any) -> None:  # pragma: no cover - thin CLI
     """``python -m ssljax.export --workdir=DIR --format=torch|flax``."""
     from absl import flags
 
+    from ssljax import cli, log_filters
+
     del argv
-    path = export_from_workdir(flags.FLAGS.workdir, flags.FLAGS.format, flags.FLAGS.out_dir)
+    f = flags.FLAGS
+    log_filters.quiet_libraries()
+    with cli.user_errors_exit_2(verbose=f.verbosity >= 1):
+        if not f.workdir:
+            cli.fail("--workdir is required: a training run's folder (--help for examples).")
+        path = export_from_workdir(f.workdir, f.format, f.out_dir)
     print(f"Wrote {path}")
 
 
+EXPORT_USAGE = """usage: python -m ssljax.export --workdir=DIR [--format=torch|flax] [--out_dir=DIR]
+
+Writes the online backbone of a run's newest checkpoint: torch = safetensors with torchvision's
+ResNet names (DIR/export/backbone.safetensors), flax = msgpack (DIR/export/backbone.msgpack).
+Examples:
+  python -m ssljax.export --workdir=/tmp/ssljax_digits --format=torch
+  python -m ssljax.export --workdir=~/runs/byol --format=flax --out_dir=~/weights
+"""
+
 if __name__ == "__main__":  # pragma: no cover
+    import sys
+
     from absl import app, flags
+
+    from ssljax import cli
 
     # A string, not an enum flag: the function's error names the valid formats and the value.
     flags.DEFINE_string("workdir", None, "A training run's workdir.")
     flags.DEFINE_string("format", "torch", f"Export format, one of {list(FORMATS)}.")
     flags.DEFINE_string("out_dir", None, "Output folder (default: WORKDIR/export).")
-    flags.mark_flag_as_required("workdir")
-    app.run(main)
+    cli.absl_help(EXPORT_USAGE, sys.argv)
+    app.run(main, flags_parser=cli.parse_flags_or_fail)

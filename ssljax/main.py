@@ -8,48 +8,51 @@ from ssljax import host_devices
 # Before JAX starts its CPU backend (see ssljax.host_devices for why).
 _DEVICE_MESSAGE = host_devices.configure_cpu_devices()
 
-import logging as pylogging  # noqa: E402
+import sys  # noqa: E402
 
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from ssljax import distributed, train  # noqa: E402
+from ssljax import cli, distributed, log_filters, paths, train  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, e.g. configs/byol.py:cifar10.", lock_config=True
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and logs.")
-flags.mark_flags_as_required(["config", "workdir"])
+_PRINT_CONFIG = flags.DEFINE_bool(
+    "print_config", False, "Print the resolved config (overrides applied) and exit."
+)
 distributed.define_flags()
-
-
-class _QuietLibraries(pylogging.Filter):
-    """Drops INFO records of orbax's internals (dozens of lines per checkpoint).
-
-    They share absl's logger with ssljax's own records, so a filter on the record's source
-    path is the narrowest cut; warnings and errors from them still pass.
-    """
-
-    def filter(self, record: pylogging.LogRecord) -> bool:
-        noisy = "/orbax/" in record.pathname or "/jax/_src/" in record.pathname
-        return record.levelno >= pylogging.WARNING or not noisy
 
 
 def main(argv):
     """Runs one training job."""
     if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    logging.get_absl_handler().addFilter(_QuietLibraries())
-    logging.info(_DEVICE_MESSAGE)
-    # Multi-process runs (TPU pods, SLURM, or explicit flags) join before anything touches
-    # the devices; a single process is left as it is.
-    distributed.initialize_from_flags()
-    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+        cli.fail(f"unexpected arguments {argv[1:]}; flags are written --name=value.")
+    if _CONFIG.value is None:
+        cli.fail("--config is required, e.g. --config=configs/byol.py (--help lists them).")
+    config = paths.expand_config_paths(_CONFIG.value)
+    if _PRINT_CONFIG.value:
+        print(config)
+        return
+    if not _WORKDIR.value:
+        cli.fail("--workdir is required, e.g. --workdir=/tmp/ssljax_run.")
+    log_filters.quiet_libraries()
+    logging.debug(_DEVICE_MESSAGE)
+    with cli.user_errors_exit_2(verbose=logging.get_verbosity() >= 1):
+        # Multi-process runs (TPU pods, SLURM, or explicit flags) join before anything
+        # touches the devices; a single process is left as it is.
+        distributed.initialize_from_flags()
+        train.train_and_evaluate(config, paths.expand(_WORKDIR.value))
 
 
 def run():
     """Console-script entry point (``ssljax-train``)."""
-    app.run(main)
+    if cli.wants_help(sys.argv):
+        print(cli.train_help())
+        sys.exit(0)
+    cli.check_config_spec(cli.config_spec_from_argv(sys.argv))
+    app.run(main, flags_parser=cli.parse_flags_or_fail)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,6 @@ it has reported.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import sys
@@ -16,6 +15,8 @@ from collections.abc import Mapping
 
 from tensorboard.compat.proto import event_pb2, summary_pb2
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+from ssljax import strict_json
 
 
 class MetricWriter:
@@ -44,9 +45,8 @@ class MetricWriter:
         )
         self._events.add_event(event_pb2.Event(wall_time=time.time(), step=step, summary=summary))
         self._events.flush()
-        # NaN/inf are written as strings so the file stays strict JSON.
-        row = {k: (v if math.isfinite(v) else str(v)) for k, v in values.items()}
-        self._jsonl.write(json.dumps({"step": step, **row}) + "\n")
+        # NaN/inf are written as null so the file stays strict JSON.
+        self._jsonl.write(strict_json.dumps({"step": step, **values}) + "\n")
         self._jsonl.flush()
 
     def close(self) -> None:

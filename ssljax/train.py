@@ -34,8 +34,10 @@ from ssljax import (
     methods,
     metric_writers,
     optim,
+    paths,
     preemption,
     sharding,
+    strict_json,
 )
 from ssljax import models as models_lib
 from ssljax.models.siamese import SiameseNetwork
@@ -523,7 +525,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       FloatingPointError: after ``config.max_consecutive_nonfinite`` non-finite steps in a row.
     """
     # --- Start-up checks: a typo must cost a second, not a compilation. -----------------------
-    workdir = os.path.abspath(os.path.expanduser(workdir))
+    workdir = os.path.abspath(paths.expand(workdir))
+    paths.expand_config_paths(config)
     config_schema.validate(
         config, num_devices=jax.device_count(), num_processes=jax.process_count()
     )
@@ -623,10 +626,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     )
     last: dict[str, float] = {}
     if config.knn.at_start and start_step == 0:
+        # On a large dataset this pass and the compilation below take minutes: say so.
+        logging.info("kNN at initialisation: %s images...", f"{_knn_images(config, info):,}")
         res = run_knn_monitor(config, comps, state, mesh, feature_fn)
         last["knn_top1_init"] = res["knn_top1"]
         if writer:
             writer.write_scalars(0, res)
+    if start_step < comps.total_steps:
+        logging.info("Compiling the train step (the first progress line follows)...")
     pending: list[tuple[int, dict[str, jax.Array]]] = []
     preempted = False
     t0 = time.perf_counter()
@@ -673,11 +680,60 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             writer.write_scalars(int(state.step), res)
     if writer:
         writer.close()
-        with open(os.path.join(workdir, "summary.json"), "w", encoding="utf-8") as f:
-            json.dump({"step": int(state.step), **last}, f, indent=2)
-        logging.info(_summary_line(int(state.step), done, last, workdir))
+        if write_summary(workdir, int(state.step), done, last):
+            logging.info(_summary_line(int(state.step), done, last, workdir))
+        else:
+            logging.info(
+                "Already finished at step %d: nothing trained; %s kept.",
+                int(state.step),
+                os.path.join(workdir, "summary.json"),
+            )
     ckpt.close()
     return last
+
+
+def _knn_images(config: ml_collections.ConfigDict, info: Any) -> int:
+    """Images one kNN pass embeds: the train split and the eval split."""
+    splits = (config.data.train_split, config.data.eval_split)
+    return sum(info.split_sizes.get(split, 0) for split in splits)
+
+
+def write_summary(workdir: str, step: int, done: int, last: dict[str, float]) -> bool:
+    """Writes ``workdir/summary.json`` unless this run trained nothing; strict JSON.
+
+    A rerun of a finished job trains no step: the finished run's summary (its kNN at
+    initialisation, loss, images/s) is left as it is. A resumed run's summary keeps the fields
+    only its earlier part measured (the kNN at initialisation) and lists the earlier summaries
+    under ``history``.
+
+    Args:
+      workdir: the run's folder.
+      step: the step the run ended at.
+      done: steps trained by this process.
+      last: this run's scalars.
+
+    Returns:
+      True if the file was written, False if an existing summary was kept.
+    """
+    path = os.path.join(workdir, "summary.json")
+    previous: dict[str, Any] = {}
+    if os.path.isfile(path):
+        try:
+            with open(path, encoding="utf-8") as f:
+                previous = json.load(f)
+        except (OSError, ValueError):
+            previous = {}
+    if previous and not done:
+        return False
+    summary = {"step": step, **last}
+    if previous:
+        history = previous.pop("history", [])
+        # Measured once per run, at step 0: the baseline the final kNN is compared with.
+        if "knn_top1_init" in previous:
+            summary.setdefault("knn_top1_init", previous["knn_top1_init"])
+        summary["history"] = [*history, previous]
+    strict_json.write(path, summary)
+    return True
 
 
 def _summary_line(step: int, done: int, last: dict[str, float], workdir: str) -> str:

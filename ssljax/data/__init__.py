@@ -14,7 +14,6 @@ last two prepared with ``python -m ssljax.data.prepare``.
 from ssljax.data.device import DevicePrefetcher, device_prefetch
 from ssljax.data.info import DEFAULTS, DatasetInfo, get_dataset_info, open_source
 from ssljax.data.loader import LoaderIterator, make_loader
-from ssljax.data.prepare import prepare
 
 __all__ = [
     "DEFAULTS",
@@ -27,3 +26,18 @@ __all__ = [
     "open_source",
     "prepare",
 ]
+
+
+def __getattr__(name: str):
+    """Imports ``prepare`` on first use (PEP 562).
+
+    ``python -m ssljax.data.prepare`` runs that module as ``__main__``; had this package
+    imported it already, runpy would warn (a RuntimeWarning on every run of the command).
+    """
+    if name == "prepare":
+        from ssljax.data.prepare import prepare
+
+        # The submodule import bound the name to the module: bind the function instead.
+        globals()["prepare"] = prepare
+        return prepare
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -178,6 +178,15 @@ class _Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         self._metadata = metadata
         super().__init__(**kwargs)
 
+    # TFDS prints "Downloading and preparing dataset Unknown size ..." and "... downloaded and
+    # prepared" for every builder; nothing is downloaded here and prepare_image_folder logs
+    # its own report.
+    def _log_download_bytes(self) -> None:
+        pass
+
+    def _log_download_done(self) -> None:
+        pass
+
     def _info(self) -> tfds.core.DatasetInfo:
         return tfds.core.DatasetInfo(
             builder=self,

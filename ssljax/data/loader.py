@@ -345,7 +345,7 @@ class LoaderIterator:
         if self._iterator is None:
             self._start()
         if self._step % self._reader.steps_per_epoch == 0:
-            logger.info(
+            logger.debug(
                 "%s/%s: epoch %d begins (step %d)",
                 self._fingerprint["dataset"],
                 self._fingerprint["split"],
@@ -533,7 +533,7 @@ def make_loader(
         "crop_ratio": list(crop_ratio) if mode == "random" else None,
     }
     dropped = num_examples - reader.steps_per_epoch * global_batch if drop_remainder else 0
-    logger.info(
+    logger.debug(
         "%s/%s: %d examples, global batch %d (%d per process x %d processes) -> %d steps per "
         "epoch (%s), %s, mode %s, %d worker processes",
         dataset_info.name,

@@ -15,13 +15,23 @@ no preparation (it is built in memory).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
 from typing import Any
 
+from ssljax import cli, paths, strict_json
 from ssljax.data import digits, image_folder, tfds_source
+
+EXAMPLES = """examples:
+  python -m ssljax.data.prepare --dataset=image_folder --root=~/data/cifar10 \\
+      --data_dir=~/ssljax_data
+  python -m ssljax.data.prepare --dataset=imagenet2012 --data_dir=~/tensorflow_datasets \\
+      --manual_dir=~/imagenet_tars
+
+~ and $VARS in paths are expanded. Train on the result with --config.data.root=ROOT
+--config.data.data_dir=DIR (image_folder) or --config.data.data_dir=DIR (catalogue datasets).
+"""
 
 
 def prepare(
@@ -68,7 +78,10 @@ def prepare(
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; returns the exit status."""
     parser = argparse.ArgumentParser(
-        prog="python -m ssljax.data.prepare", description=__doc__.split("\n\n")[0]
+        prog="python -m ssljax.data.prepare",
+        description=__doc__.split("\n\n")[0],
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--dataset", required=True, help="image_folder, digits or a TFDS name")
     parser.add_argument("--data_dir", required=True, help="destination folder")
@@ -85,25 +98,43 @@ def main(argv: list[str] | None = None) -> int:
         help="image_folder: processes decoding the images to validate them",
     )
     parser.add_argument("--manual_dir", help="catalogue datasets: manually downloaded archives")
+    parser.add_argument(
+        "--verbosity", type=int, default=0, help="1: the libraries' log lines and tracebacks"
+    )
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # force: absl (imported by TFDS) has already put its handler on the root logger.
+    logging.basicConfig(
+        level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", force=True
+    )
+    if args.verbosity < 1:
+        _quiet_tfds()
     try:
         report = prepare(
             args.dataset,
-            args.data_dir,
-            root=args.root,
+            paths.expand(args.data_dir),
+            root=paths.expand(args.root),
             skip_corrupt=args.skip_corrupt,
             num_workers=args.num_workers,
-            manual_dir=args.manual_dir,
+            manual_dir=paths.expand(args.manual_dir),
         )
-    except ValueError as e:
+    except cli.USER_ERRORS as e:
+        if args.verbosity >= 1:
+            raise
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return cli.USAGE_EXIT_CODE
     skipped = report.get("skipped") or []
     if skipped:
         print(f"Skipped {len(skipped)} corrupt file(s): " + ", ".join(skipped[:20]))
-    print(json.dumps(report, indent=2))
+    print(strict_json.dumps(report, indent=2))
     return 0
+
+
+def _quiet_tfds() -> None:
+    """Turns off TFDS's progress bars (raw escape codes in a log) and its INFO lines."""
+    import tensorflow_datasets as tfds
+
+    tfds.disable_progress_bar()
+    logging.getLogger("absl").setLevel(logging.WARNING)
 
 
 if __name__ == "__main__":
