@@ -3,6 +3,8 @@
     python benchmarks/cifar_table.py --root /tmp/ssljax_table          # everything (~2.5 h)
     python benchmarks/cifar_table.py --root /tmp/ssljax_table --rows byol,pixels
     python benchmarks/cifar_table.py --root /tmp/ssljax_table --print  # table of what is done
+    python benchmarks/cifar_table.py --table benchmarks/results/cifar_table_epyc.json \
+        --plot docs/cifar_table_epyc.png          # the rows' curves side by side (matplotlib)
 
 Rows:
 
@@ -28,7 +30,9 @@ learning rate, weight decay, tau) so the table says what was changed.
 
 Each row runs in its own process and leaves its workdir under ``--root``; a row whose results
 exist is not run again (delete its folder to rerun it), and an interrupted run resumes from its
-checkpoint. The table goes to stdout and ``--root/table.json`` (and ``--out``).
+checkpoint. The table goes to stdout and ``--root/table.json`` (and ``--out``); ``--plot PNG``
+draws each row's loss and collapse-monitor curves side by side (``ssljax.plot.plot_table``),
+from the rows just run or from a finished table's JSON (``--table``).
 """
 
 from __future__ import annotations
@@ -44,6 +48,8 @@ import time
 
 import _timing
 import numpy as np
+
+from ssljax import strict_json
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 METHOD_ROWS = ("byol", "simsiam", "vicreg", "barlow_twins", "random_target")
@@ -246,7 +252,7 @@ def pixels_row(args, cifar: pathlib.Path) -> dict:
         "wall_time_min": round((time.perf_counter() - start) / 60, 1),
     }
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    strict_json.write(out, result)
     return result
 
 
@@ -274,7 +280,7 @@ def print_table(rows: list[dict]) -> None:
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--root", type=pathlib.Path, required=True, help="workdirs and table")
+    parser.add_argument("--root", type=pathlib.Path, help="workdirs and table (required to run)")
     parser.add_argument("--rows", default=",".join(ROWS), help=f"subset of {','.join(ROWS)}")
     parser.add_argument(
         "--shared-data",
@@ -289,11 +295,35 @@ def parse_args(argv=None):
     )
     parser.add_argument("--print", action="store_true", help="only print the finished rows")
     parser.add_argument("--out", type=pathlib.Path, help="also write the table JSON here")
-    return parser.parse_args(argv)
+    parser.add_argument("--plot", type=pathlib.Path, help="draw the rows' curves into this PNG")
+    parser.add_argument(
+        "--table", type=pathlib.Path, help="a finished table's JSON: only --plot (and print) it"
+    )
+    args = parser.parse_args(argv)
+    if args.root is None and args.table is None:
+        parser.error("--root is required (or --table with --plot to draw a finished table)")
+    return args
+
+
+def plot_rows(rows: list[dict], meta: dict, path: pathlib.Path) -> None:
+    """Draws the rows' curves side by side into ``path`` and says where."""
+    from ssljax import plot
+
+    cpu = meta.get("cpu", "")
+    title = f"CIFAR-10 at the CPU budget ({meta.get('cpu_count', '?')}-core {cpu}, "
+    title += f"{str(meta.get('date', ''))[:10]}): loss above, collapse monitor below"
+    plot.plot_table(rows, path, title=title)
+    print(f"Wrote {path}")
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    if args.table is not None:
+        table = json.loads(args.table.read_text())
+        print_table(table["rows"])
+        if args.plot:
+            plot_rows(table["rows"], table["meta"], args.plot)
+        return
     rows = [r for r in args.rows.split(",") if r]
     if args.tag:
         if "/" in args.tag:
@@ -327,9 +357,11 @@ def main(argv=None) -> None:
     meta = {**_timing.machine_info(), "commit": commit, "argv": sys.argv}
     table = {"meta": meta, "rows": results}
     for path in filter(None, (args.root / "table.json", args.out)):
-        path.write_text(json.dumps(table, indent=2) + "\n")
+        strict_json.write(path, table)
     print()
     print_table(results)
+    if args.plot:
+        plot_rows(results, meta, args.plot)
 
 
 if __name__ == "__main__":

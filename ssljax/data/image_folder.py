@@ -256,14 +256,17 @@ def prepare_image_folder(
         class left empty by skipping, or ``data_dir`` already holding another image folder.
     """
     root = pathlib.Path(root).resolve()
+    if not root.is_dir():
+        raise ValueError(f"root={os.fspath(root)!r} does not exist or is not a folder.")
     out_dir = dataset_dir(data_dir)
     if (out_dir / "dataset_info.json").exists():
         previous = read_metadata(out_dir)
         if previous.get("root") != os.fspath(root):
+            new_dir = sibling_data_dir(data_dir, root)
             raise ValueError(
                 f"data_dir={os.fspath(data_dir)!r} already holds an image folder prepared from "
-                f"{previous.get('root')!r}; use another data_dir for {os.fspath(root)!r} or "
-                f"delete {os.fspath(out_dir)!r}."
+                f"{previous.get('root')!r}. Prepare {os.fspath(root)!r} into its own data_dir: "
+                f"{tfds_source.prepare_command(NAME, new_dir, os.fspath(root))}"
             )
         logger.info("%s is already prepared in %s; delete it to prepare again.", root, out_dir)
         return {"dataset_dir": os.fspath(out_dir), **_report(previous)}
@@ -352,6 +355,12 @@ def read_metadata(directory: str | os.PathLike) -> dict[str, Any]:
     return dict(tfds.builder_from_directory(os.fspath(directory)).info.metadata or {})
 
 
+def sibling_data_dir(data_dir: str | os.PathLike, root: str | os.PathLike) -> str:
+    """A data_dir for ``root`` beside a taken one: ``<data_dir>_<root's folder name>``."""
+    name = pathlib.Path(root).resolve().name or "images"
+    return f"{os.fspath(data_dir).rstrip(os.sep)}_{name}"
+
+
 def open_builder(data_dir: str | os.PathLike | None, root: str | None) -> Any:
     """Returns the TFDS (read-only) builder of a prepared image folder.
 
@@ -363,10 +372,16 @@ def open_builder(data_dir: str | os.PathLike | None, root: str | None) -> Any:
       ValueError: not prepared, or prepared from another root.
     """
     command = tfds_source.prepare_command(NAME, data_dir or "DIR", root or "ROOT")
+    missing_root = (
+        f"data.root={root!r} does not exist (or is not a folder): point --config.data.root at "
+        "the folder holding <split>/<class>/ images."
+    )
     if data_dir is None:
         raise ValueError(f"data.data_dir is not set; prepare the image folder first: {command}")
     directory = dataset_dir(data_dir)
     if not (directory / "dataset_info.json").exists():
+        if root and not os.path.isdir(root):
+            raise ValueError(missing_root)
         raise ValueError(
             f"No image folder is prepared in data.data_dir={os.fspath(data_dir)!r}. "
             f"Prepare it with: {command}"
@@ -374,8 +389,16 @@ def open_builder(data_dir: str | os.PathLike | None, root: str | None) -> Any:
     builder = tfds.builder_from_directory(os.fspath(directory))
     prepared_root = (builder.info.metadata or {}).get("root")
     if root is not None and prepared_root != os.fspath(pathlib.Path(root).resolve()):
+        held = f"data.data_dir={os.fspath(data_dir)!r} holds the image folder {prepared_root!r}"
+        if not os.path.isdir(root):
+            raise ValueError(
+                f"{missing_root} ({held}: --config.data.root={prepared_root} uses it.)"
+            )
+        # The data_dir is taken: the command must name a new one, used for training too.
+        new_dir = os.path.join(os.fspath(data_dir), pathlib.Path(root).resolve().name or "images")
         raise ValueError(
-            f"data.data_dir={os.fspath(data_dir)!r} holds the image folder {prepared_root!r}, "
-            f"not data.root={root!r}. Use another data_dir for it: {command}"
+            f"{held}, not data.root={root!r}. Prepare it into its own data_dir: "
+            f"{tfds_source.prepare_command(NAME, new_dir, root)} and train with "
+            f"--config.data.data_dir={new_dir}"
         )
     return builder
