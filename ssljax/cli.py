@@ -183,12 +183,17 @@ def parse_flags_or_fail(argv: Sequence[str]) -> list[str]:
         head = text[0].split(": Error whilst parsing")[0] if text else "flags"
         cause = text[-1].split(": ", 1)[-1] if len(text) > 1 else ""
         fail(f"{head}: {cause}" if cause else head)
-    except AttributeError as err:
-        field = str(err).strip("\"'")
+    except (AttributeError, KeyError) as err:
+        # ml_collections: AttributeError("'name'") for a leaf, KeyError("'name'\nDid you mean
+        # ...?") for a missing parent.
+        text = str(err.args[0] if err.args else err)
+        field, _, hint = text.partition("\n")
+        field = field.strip("\"'")
         given = [a.split("=")[0] for a in argv if a.startswith("--config.") and field in a]
         fail(
             f"{given[0] if given else field}: the config has no field {field!r}. "
-            "--print_config lists every field (definitions: ssljax/config_schema.py)."
+            + (f"{hint.strip()} " if hint.strip() else "")
+            + "--print_config lists every field (definitions: ssljax/config_schema.py)."
         )
 
 
