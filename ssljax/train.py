@@ -680,8 +680,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             writer.write_scalars(int(state.step), res)
     if writer:
         writer.close()
-        if write_summary(workdir, int(state.step), done, last):
-            logging.info(_summary_line(int(state.step), done, last, workdir))
+        summary = write_summary(workdir, int(state.step), done, last)
+        if summary is not None:
+            logging.info(_summary_line(int(state.step), done, summary, workdir))
         else:
             logging.info(
                 "Already finished at step %d: nothing trained; %s kept.",
@@ -698,7 +699,9 @@ def _knn_images(config: ml_collections.ConfigDict, info: Any) -> int:
     return sum(info.split_sizes.get(split, 0) for split in splits)
 
 
-def write_summary(workdir: str, step: int, done: int, last: dict[str, float]) -> bool:
+def write_summary(
+    workdir: str, step: int, done: int, last: dict[str, float]
+) -> dict[str, Any] | None:
     """Writes ``workdir/summary.json`` unless this run trained nothing; strict JSON.
 
     A rerun of a finished job trains no step: the finished run's summary (its kNN at
@@ -713,7 +716,7 @@ def write_summary(workdir: str, step: int, done: int, last: dict[str, float]) ->
       last: this run's scalars.
 
     Returns:
-      True if the file was written, False if an existing summary was kept.
+      The summary written, or None if an existing summary was kept.
     """
     path = os.path.join(workdir, "summary.json")
     previous: dict[str, Any] = {}
@@ -724,7 +727,7 @@ def write_summary(workdir: str, step: int, done: int, last: dict[str, float]) ->
         except (OSError, ValueError):
             previous = {}
     if previous and not done:
-        return False
+        return None
     summary = {"step": step, **last}
     if previous:
         history = previous.pop("history", [])
@@ -733,7 +736,7 @@ def write_summary(workdir: str, step: int, done: int, last: dict[str, float]) ->
             summary.setdefault("knn_top1_init", previous["knn_top1_init"])
         summary["history"] = [*history, previous]
     strict_json.write(path, summary)
-    return True
+    return summary
 
 
 def _summary_line(step: int, done: int, last: dict[str, float], workdir: str) -> str:

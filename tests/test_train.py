@@ -5,6 +5,7 @@ costs little on a 2-core CPU.
 """
 
 import json
+import logging
 import os
 import pathlib
 import types
@@ -250,13 +251,21 @@ def test_invalid_config_fails_before_compilation():
         config_schema.validate(c, num_devices=1)
 
 
-def test_main_on_digits_writes_logs_and_checkpoints_then_resumes(tmp_path):
+def test_main_on_digits_writes_logs_and_checkpoints_then_resumes(tmp_path, caplog):
     workdir = tmp_path / "run"
     config = small_config("byol", num_steps=6, log_every_steps=2, **{"checkpoint.every_steps": 3})
     config.data.data_dir = str(tmp_path / "data")
     config.knn.every_epochs = 0.0
     config.knn.k = 5
+    caplog.set_level(logging.DEBUG)
     out = train.train_and_evaluate(config, str(workdir))
+    # Default output says what the start-up does; the loader's lines are for --verbosity=1.
+    info = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    assert "kNN at initialisation: 1,797 images..." in info
+    assert "Compiling the train step (the first progress line follows)..." in info
+    assert not [m for m in info if "epoch 0 begins" in m or "steps per epoch" in m]
+    debug = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
+    assert "digits/train: epoch 0 begins (step 0)" in debug
     assert np.isfinite(out["loss"]) and 0.0 <= out["knn_top1"] <= 1.0
     assert list(workdir.glob("events.out.tfevents.*"))
     rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
@@ -271,8 +280,15 @@ def test_main_on_digits_writes_logs_and_checkpoints_then_resumes(tmp_path):
     rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     steps = [r["step"] for r in rows if "loss" in r]
     assert steps == [1, 2, 3, 4, 5, 6, 7, 8], "the second run must resume at step 7, not restart"
-    assert json.loads((workdir / "summary.json").read_text())["step"] == 8
+    summary = (workdir / "summary.json").read_text()
+    assert json.loads(summary)["step"] == 8
+    assert json.loads(summary)["knn_top1_init"] == out["knn_top1_init"], "kept from step 0"
     assert os.path.isdir(workdir / "checkpoints" / "8")
+    # The job again, finished: nothing trained, its summary left as it was.
+    caplog.clear()
+    train.train_and_evaluate(config, str(workdir))
+    assert (workdir / "summary.json").read_text() == summary
+    assert any("Already finished at step 8" in r.getMessage() for r in caplog.records)
 
 
 def test_summary_line_reports_knn_against_initialisation():

@@ -18,6 +18,7 @@ import dataclasses
 import os
 from typing import Any, Protocol
 
+from ssljax import paths
 from ssljax.data import digits, image_folder, tfds_source
 
 DEFAULTS: dict[str, Any] = {
@@ -44,7 +45,7 @@ def config_value(data_config: Any, key: str) -> Any:
     if value is None:
         return DEFAULTS[key]
     if key in ("data_dir", "root"):
-        return os.path.expanduser(os.fspath(value))
+        return paths.expand(value)
     return value
 
 
