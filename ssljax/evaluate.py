@@ -1070,7 +1070,7 @@ def training_knn_note(train_knn: Any, eval_knn: Any) -> str:
     return (
         f"The training log's kNN top-1 uses k={k}, temperature {t:g}; none of these results "
         f"does (ks={ks}, temperature {float(eval_knn.temperature):g}): add "
-        f"--eval_override=knn.ks={tuple(sorted({*ks, k}))}."
+        "--eval_override=knn.ks=" + ",".join(str(x) for x in sorted({*ks, k})) + "."
     )
 
 

@@ -211,7 +211,9 @@ def test_variable_sizes_need_crop_in_loader(tmp_path):
 
 
 def test_not_prepared_names_the_command(tmp_path):
-    config = _config("/some/images", tmp_path)
+    images = tmp_path / "images"
+    images.mkdir()
+    config = _config(images, tmp_path)
     want = f"python -m ssljax.data.prepare --dataset=image_folder --data_dir={tmp_path}"
     for call in (
         lambda: get_dataset_info(config),
@@ -221,13 +223,43 @@ def test_not_prepared_names_the_command(tmp_path):
     ):
         with pytest.raises(ValueError) as e:
             call()
-        assert want + " --root=/some/images" in str(e.value)
+        assert want + f" --root={images}" in str(e.value)
 
 
-def test_other_root_than_prepared_is_refused(prepared, tmp_path):
-    _, data_dir, _ = prepared
-    with pytest.raises(ValueError, match="holds the image folder"):
-        get_dataset_info(_config(tmp_path, data_dir))
+def test_missing_root_is_reported_as_missing_first(prepared, tmp_path):
+    # Not prepared: the folder's absence, not a prepare command that would fail on it.
+    with pytest.raises(ValueError) as e:
+        get_dataset_info(_config("/some/images", tmp_path))
+    assert str(e.value).startswith("data.root='/some/images' does not exist")
+    assert "ssljax.data.prepare" not in str(e.value)
+    # Prepared from another folder: say so, and name the root that data_dir does hold.
+    root, data_dir, _ = prepared
+    with pytest.raises(ValueError) as e:
+        get_dataset_info(_config("/some/images", data_dir))
+    assert str(e.value).startswith("data.root='/some/images' does not exist")
+    assert f"--config.data.root={root.resolve()} reads it" in str(e.value)
+    # The prepare command too: the missing root before the taken data_dir.
+    with pytest.raises(ValueError, match="root='/some/images' does not exist"):
+        prepare("image_folder", data_dir, root="/some/images")
+
+
+def test_other_root_than_prepared_suggests_a_command_that_works(prepared, tmp_path):
+    root, data_dir, _ = prepared
+    other = tmp_path / "other"
+    shutil.copytree(root, other)
+    with pytest.raises(ValueError, match="holds the image folder") as e:
+        get_dataset_info(_config(other, data_dir))
+    new_dir = f"{data_dir}_other"
+    command = (
+        f"python -m ssljax.data.prepare --dataset=image_folder --data_dir={new_dir} --root={other}"
+    )
+    assert command in str(e.value) and f"--config.data.data_dir={new_dir}" in str(e.value)
+    with pytest.raises(ValueError, match="already holds") as e:
+        prepare("image_folder", data_dir, root=other)
+    assert command in str(e.value)
+    # The suggested command works, and training then finds the folder.
+    prepare("image_folder", new_dir, root=other)
+    assert get_dataset_info(_config(other, new_dir)).split_sizes["train"] == 3 * N_TRAIN
 
 
 def _corrupt_folder(cifar10_dir, base):

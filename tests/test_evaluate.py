@@ -446,3 +446,22 @@ def test_cli_on_a_short_digits_training_run(tmp_path):
         timeout=300,
     )
     assert bad.returncode != 0 and "no finished checkpoint" in bad.stderr
+
+
+def test_knn_results_name_the_training_logs_k():
+    import ml_collections
+
+    train_knn = ml_collections.ConfigDict({"k": 20, "temperature": 0.07})
+    eval_knn = ml_collections.ConfigDict({"ks": (10, 20, 100, 200), "temperature": 0.07})
+    assert evaluate.training_knn_note(train_knn, eval_knn) == (
+        "knn_top1_k20 is the training log's kNN top-1 (config.knn.k=20, temperature 0.07)."
+    )
+    eval_knn.ks = (10, 100)
+    fixed = evaluate.apply_overrides(
+        ml_collections.ConfigDict({"knn": eval_knn.to_dict()}), ["knn.ks=10,20,100"]
+    )
+    assert tuple(fixed.knn.ks) == (10, 20, 100), "the suggested override parses"
+    assert evaluate.training_knn_note(train_knn, eval_knn) == (
+        "The training log's kNN top-1 uses k=20, temperature 0.07; none of these results does "
+        "(ks=[10, 100], temperature 0.07): add --eval_override=knn.ks=10,20,100."
+    )

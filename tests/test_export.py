@@ -10,6 +10,7 @@ Flax model's on the same images.
 
 import contextlib
 import functools
+import os
 
 import flax
 import jax
@@ -221,9 +222,16 @@ def test_safetensors_layouts_and_metadata(tmp_path):
     assert sd["bn1.num_batches_tracked"].dtype == np.int64
     from safetensors import safe_open
 
-    path = export.export_torch(params, stats, str(tmp_path / "b.safetensors"), {"step": 7})
+    old_umask = os.umask(0o022)
+    try:
+        path = export.export_torch(params, stats, str(tmp_path / "b.safetensors"), {"step": 7})
+        flax_path = export.export_flax(params, stats, str(tmp_path / "b.msgpack"))
+    finally:
+        os.umask(old_umask)
     with safe_open(path, "np") as f:
         assert f.metadata() == {"format": "pt", "step": "7"}
+    # The umask's mode, as the msgpack file (safetensors' save_file would make it 0600).
+    assert oct(os.stat(path).st_mode & 0o777) == oct(os.stat(flax_path).st_mode & 0o777) == "0o644"
 
 
 def test_torch_export_refuses_what_is_not_a_resnet():

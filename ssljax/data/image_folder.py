@@ -392,10 +392,10 @@ def open_builder(data_dir: str | os.PathLike | None, root: str | None) -> Any:
         held = f"data.data_dir={os.fspath(data_dir)!r} holds the image folder {prepared_root!r}"
         if not os.path.isdir(root):
             raise ValueError(
-                f"{missing_root} ({held}: --config.data.root={prepared_root} uses it.)"
+                f"{missing_root} ({held}; --config.data.root={prepared_root} reads it.)"
             )
         # The data_dir is taken: the command must name a new one, used for training too.
-        new_dir = os.path.join(os.fspath(data_dir), pathlib.Path(root).resolve().name or "images")
+        new_dir = sibling_data_dir(data_dir, root)
         raise ValueError(
             f"{held}, not data.root={root!r}. Prepare it into its own data_dir: "
             f"{tfds_source.prepare_command(NAME, new_dir, root)} and train with "
