@@ -48,8 +48,10 @@ def main(argv):
 
 def run():
     """Console-script entry point (``ssljax-train``)."""
-    if cli.wants_help(sys.argv):
+    if cli.wants_help(sys.argv) or "--helpfull" in sys.argv:
         print(cli.train_help())
+        if "--helpfull" in sys.argv:
+            print("\nEvery flag:\n" + flags.FLAGS.get_help())
         sys.exit(0)
     cli.check_config_spec(cli.config_spec_from_argv(sys.argv))
     app.run(main, flags_parser=cli.parse_flags_or_fail)
