@@ -247,7 +247,7 @@ def test_invalid_config_fails_before_compilation():
         config_schema.validate(c, num_devices=1)
 
 
-def test_main_on_digits_writes_logs_and_checkpoints_then_resumes(tmp_path):
+def test_main_on_digits_writes_logs_and_checkpoints_then_resumes(tmp_path, capsys):
     workdir = tmp_path / "run"
     config = small_config("byol", num_steps=6, log_every_steps=2, **{"checkpoint.every_steps": 3})
     config.data.data_dir = str(tmp_path / "data")
@@ -258,6 +258,10 @@ def test_main_on_digits_writes_logs_and_checkpoints_then_resumes(tmp_path):
     assert list(workdir.glob("events.out.tfevents.*"))
     rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4, 5, 6]
+    # The input-wait share of each log interval: recorded and shown on the progress line.
+    shares = [r["input_wait_share"] for r in rows if "input_wait_share" in r]
+    assert len(shares) == 3 and all(0.0 <= x <= 1.0 for x in shares), shares
+    assert "input " in capsys.readouterr().err
     assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == [
         3,
         6,
