@@ -8,15 +8,15 @@
 # git, both inside the repository so that they travel with it). It also runs on a CPU host as a
 # dry run (DRY=1 shrinks every phase to a few steps).
 #
-# Phases:
+# Phases, in this order (the most important first, each bounded by what is left of DEADLINE):
 #   setup     install .whl/*.whl into /tmp/site, unpack CIFAR-10, `prepare` it (image_folder).
-#   step      the bare jitted train step, BYOL ResNet-18 CIFAR, batch 256, float32 and bfloat16
-#             (benchmarks/step.py): the images/s that the end-to-end run is compared with.
-#   e2e       `python -m ssljax.main --config=configs/byol.py:cifar10` at its defaults (loader
-#             workers automatic) for E2E_EPOCHS epochs: images/s, input-wait share, kNN at the end.
 #   fidelity  the equal-budget runs: each method's cifar10_cpu preset at FID_EPOCHS epochs in
 #             ssljax and in the PyTorch reference (benchmarks/torch_reference.py), seeds FID_SEEDS,
 #             FID_PARALLEL processes at a time on the one GPU; plus variant rows from FID_VARIANTS.
+#   e2e       `python -m ssljax.main --config=configs/byol.py:cifar10` at its defaults (loader
+#             workers automatic) for E2E_EPOCHS epochs: images/s, input-wait share, kNN at the end.
+#   step      the bare jitted train step, BYOL ResNet-18 CIFAR, batch 256, float32 and bfloat16
+#             (benchmarks/step.py): the images/s that the end-to-end run is compared with.
 set -uo pipefail
 OUT=${1:?usage: gpu_session.sh OUT [PHASES]}
 PHASES=${2:-setup,step,e2e,fidelity}
@@ -33,6 +33,16 @@ mkdir -p "$WORK"
 say() { echo "[$(date +%H:%M:%S) +$(( $(date +%s) - T0 ))s] $*" | tee -a "$LOG"; }
 T0=$(date +%s)
 has() { [[ ",$PHASES," == *",$1,"* ]]; }
+# Every phase ends by DEADLINE seconds after the start (minus what the archive needs), so a
+# command limit never cuts the results: budget NAME DEFAULT -> min(DEFAULT, time left).
+DEADLINE=${DEADLINE:-560}
+budget() {
+  local left=$(( DEADLINE - ($(date +%s) - T0) - 15 ))
+  local want=$1
+  (( left < want )) && want=$left
+  (( want < 1 )) && want=1
+  echo "$want"
+}
 
 # The project's dependencies that the host lacks come from .whl/ (installed once into /tmp/site).
 if $PY -c "import grain, tensorflow_datasets, ml_collections" 2>/dev/null; then
@@ -66,32 +76,6 @@ if has setup; then
 fi
 ROOT=$(cat "$ROOT_FILE" 2>/dev/null || echo "")
 DATA_FLAGS=(--config.data.root="$ROOT" --config.data.data_dir="$DATA_DIR")
-
-# --- step: the bare train step (what the end-to-end run should reach). ------------------------------
-if has step; then
-  steps=20; [ "$DRY" = 1 ] && steps=2
-  say "bare step: BYOL resnet18_cifar batch 256, float32 and bfloat16"
-  timeout "${STEP_TIMEOUT:-150}" $PY benchmarks/step.py --methods byol --models resnet18_cifar \
-    --dtypes float32,bfloat16 --devices 1 --steps $steps --warmup 3 --out "$OUT/step.json" \
-    >>"$LOG" 2>&1 || say "step phase ended with status $?"
-  grep -E "^byol" "$LOG" | tail -2
-fi
-
-# --- e2e: the preset's job at its defaults. ------------------------------------------------------------
-if has e2e; then
-  epochs=${E2E_EPOCHS:-40}; extra=()
-  [ "$DRY" = 1 ] && extra=(--config.num_steps=3 --config.knn.at_end=False)
-  say "e2e: byol cifar10 at its defaults, $epochs epochs"
-  rm -rf "$WORK/e2e_byol"
-  timeout "${E2E_TIMEOUT:-300}" $PY -m ssljax.main --config=configs/byol.py:cifar10 \
-    --workdir="$WORK/e2e_byol" "${DATA_FLAGS[@]}" --config.num_epochs="$epochs" \
-    --config.warmup_epochs="${E2E_WARMUP:-2}" --config.knn.every_epochs=0 "${extra[@]}" \
-    >"$OUT/e2e_byol.log" 2>&1
-  say "e2e ended with status $?"
-  cp "$WORK/e2e_byol/metrics.jsonl" "$OUT/e2e_metrics.jsonl" 2>/dev/null
-  cp "$WORK/e2e_byol/summary.json" "$OUT/e2e_summary.json" 2>/dev/null
-  grep -E "img/s|kNN|Finished" "$OUT/e2e_byol.log" | tail -4
-fi
 
 # --- fidelity: equal budget, ssljax and the PyTorch reference, several at a time. -------------------
 if has fidelity; then
@@ -136,10 +120,36 @@ ${small[*]} >$WORK/fid/variant.$vname.s$s.log 2>&1" >>"$jobs"
   say "fidelity: $(wc -l <"$jobs") jobs, ${FID_PARALLEL:-4} at a time"
   export XLA_PYTHON_CLIENT_PREALLOCATE=false
   # Each job bounded; the whole phase bounded by FID_TIMEOUT.
-  timeout "${FID_TIMEOUT:-300}" xargs -P "${FID_PARALLEL:-4}" -I{} \
+  timeout "$(budget "${FID_TIMEOUT:-300}")" xargs -P "${FID_PARALLEL:-4}" -I{} \
     timeout "${FID_JOB_TIMEOUT:-280}" bash -c {} <"$jobs"
   say "fidelity ended with status $?"
   $PY benchmarks/collect_fidelity.py "$WORK/fid" --out "$OUT/fidelity.json" | tee -a "$LOG"
+fi
+
+# --- e2e: the preset's job at its defaults. ------------------------------------------------------------
+if has e2e; then
+  epochs=${E2E_EPOCHS:-40}; extra=()
+  [ "$DRY" = 1 ] && extra=(--config.num_steps=3 --config.knn.at_end=False)
+  say "e2e: byol cifar10 at its defaults, $epochs epochs"
+  rm -rf "$WORK/e2e_byol"
+  timeout "$(budget "${E2E_TIMEOUT:-300}")" $PY -m ssljax.main --config=configs/byol.py:cifar10 \
+    --workdir="$WORK/e2e_byol" "${DATA_FLAGS[@]}" --config.num_epochs="$epochs" \
+    --config.warmup_epochs="${E2E_WARMUP:-2}" --config.knn.every_epochs=0 "${extra[@]}" \
+    >"$OUT/e2e_byol.log" 2>&1
+  say "e2e ended with status $?"
+  cp "$WORK/e2e_byol/metrics.jsonl" "$OUT/e2e_metrics.jsonl" 2>/dev/null
+  cp "$WORK/e2e_byol/summary.json" "$OUT/e2e_summary.json" 2>/dev/null
+  grep -E "img/s|kNN|Finished" "$OUT/e2e_byol.log" | tail -4
+fi
+
+# --- step: the bare train step (what the end-to-end run should reach). ------------------------------
+if has step; then
+  steps=20; [ "$DRY" = 1 ] && steps=2
+  say "bare step: BYOL resnet18_cifar batch 256, float32 and bfloat16"
+  timeout "$(budget "${STEP_TIMEOUT:-150}")" $PY benchmarks/step.py --methods byol --models resnet18_cifar \
+    --dtypes float32,bfloat16 --devices 1 --steps $steps --warmup 3 --out "$OUT/step.json" \
+    >>"$LOG" 2>&1 || say "step phase ended with status $?"
+  grep -E "^byol" "$LOG" | tail -2
 fi
 
 # Logs of every run, in one archive (the transfer takes few files).
