@@ -61,6 +61,11 @@ def apply_mallopt() -> bool:
         return False
 
 
+def accelerator_present() -> bool:
+    """Whether this host has an NVIDIA GPU or a TPU device file (no framework imported)."""
+    return any(os.path.exists(p) for p in ("/dev/nvidia0", "/dev/accel0", "/dev/vfio/0"))
+
+
 def child_env(*, devices: int | None, malloc: str = "default") -> dict[str, str]:
     """The environment of a child process: its XLA CPU device count and malloc setting.
 
@@ -86,7 +91,10 @@ def child_env(*, devices: int | None, malloc: str = "default") -> dict[str, str]
     if devices is not None:
         flags.append(f"{DEVICE_FLAG}={devices}")
     env["XLA_FLAGS"] = " ".join(flags)
-    env.setdefault("JAX_PLATFORMS", "cpu")
+    # On a CPU host, CPU only (no probing for absent TPU/GPU plugins); on an accelerator host
+    # JAX picks the accelerator (set JAX_PLATFORMS=cpu to measure its CPU instead).
+    if not accelerator_present():
+        env.setdefault("JAX_PLATFORMS", "cpu")
     # The children print one result line; Python's buffering must not hold it back.
     env["PYTHONUNBUFFERED"] = "1"
     return env

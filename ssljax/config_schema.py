@@ -71,7 +71,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.root = ""  # source folder for image_folder datasets
     c.data.train_split = "train"
     c.data.eval_split = "test"
-    c.data.num_workers = 0
+    # Loader worker processes; -1 = automatic (ssljax.data.workers: from the host's cores on
+    # GPU/TPU, 0 on a CPU backend and for in-memory datasets).
+    c.data.num_workers = -1
     c.data.image_size = 32
     c.data.crop_in_loader = False
 
@@ -181,6 +183,11 @@ def validate(
         _fail("tau_base", f"must lie in [0, 1], got {config.tau_base}.")
     if config.model.dtype not in ("float32", "bfloat16", "float16"):
         _fail("model.dtype", f"must be float32, bfloat16 or float16, got {config.model.dtype!r}.")
+    if config.data.num_workers < -1:
+        _fail(
+            "data.num_workers",
+            f"must be >= 0 (loader processes) or -1 (automatic), got {config.data.num_workers}.",
+        )
     if config.data.image_size <= 0:
         _fail("data.image_size", f"must be positive, got {config.data.image_size}.")
     if config.knn.k <= 0:
@@ -262,7 +269,6 @@ def set_dataset(c: ml_collections.ConfigDict, preset: str) -> None:
         c.data.eval_split = "validation"
         c.data.image_size = 224
         c.data.crop_in_loader = True
-        c.data.num_workers = 16
         c.model.backbone = "resnet50"
         c.model.dtype = "bfloat16"
         c.knn.every_epochs = 0.0

@@ -76,8 +76,14 @@ class ProgressBar:
         self._last_step = start_step
         self._last_time = time.perf_counter()
 
-    def update(self, step: int, scalars: Mapping[str, float]) -> float:
-        """Reports progress at ``step``; returns the images/s since the previous update."""
+    def update(
+        self, step: int, scalars: Mapping[str, float], input_share: float | None = None
+    ) -> float:
+        """Reports progress at ``step``; returns the images/s since the previous update.
+
+        ``input_share``, when given, is shown as ``input N%``: the share of wall time the loop
+        waited for its next batch (an idle accelerator).
+        """
         now = time.perf_counter()
         steps = max(step - self._last_step, 0)
         elapsed = max(now - self._last_time, 1e-9)
@@ -87,7 +93,9 @@ class ProgressBar:
         shown = " ".join(f"{k}={float(v):.4g}" for k, v in scalars.items())
         line = (
             f"step {step}/{self.total_steps} ({100.0 * step / self.total_steps:5.1f}%) "
-            f"{images_per_sec:8.1f} img/s ETA {_format_seconds(eta)} {shown}"
+            f"{images_per_sec:8.1f} img/s ETA {_format_seconds(eta)} "
+            + ("" if input_share is None else f"input {100 * input_share:.0f}% ")
+            + shown
         )
         if self._tty:
             self.stream.write("\r\033[K" + line)

@@ -30,6 +30,7 @@ from ssljax import (
     config_schema,
     data,
     diagnostics,
+    input_wait,
     knn,
     methods,
     metric_writers,
@@ -636,17 +637,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         logging.info("Compiling the train step (the first progress line follows)...")
     pending: list[tuple[int, dict[str, jax.Array]]] = []
     preempted = False
+    # Input-wait accounting (the share of wall time spent waiting for the next batch); it also
+    # keeps the host at most input_wait.MAX_STEPS_AHEAD steps ahead of the device.
+    meter = input_wait.InputWaitMeter()
     t0 = time.perf_counter()
     try:
         with preemption.PreemptionWatcher() as watcher:
             for step in range(start_step + 1, comps.total_steps + 1):
-                state, metrics = train_step(state, next(batches))
+                state, metrics = train_step(state, meter.next(batches))
+                meter.dispatched(metrics["loss"])
+                if step == start_step + 1:
+                    meter.reset()  # the first step compiled: not the input's time
                 # Metrics stay on device and are fetched every log_every_steps, so the host
                 # never waits for a step to finish in between.
                 pending.append((step, metrics))
                 stop = watcher.should_stop(step)
                 if step % config.log_every_steps == 0 or step == comps.total_steps or stop:
-                    last.update(_flush_metrics(pending, writer, progress, step))
+                    share = meter.share()
+                    last.update(_flush_metrics(pending, writer, progress, step, share))
+                    meter.warn_if_starved(share, step, train_loader.num_workers)
                     pending = []
                     _check_nonfinite(state, step, config, ckpt)
                 if stop:
@@ -753,8 +762,12 @@ def _summary_line(step: int, done: int, last: dict[str, float], workdir: str) ->
     return "; ".join(parts) + f". Summary: {os.path.join(workdir, 'summary.json')}"
 
 
-def _flush_metrics(pending, writer, progress, step: int) -> dict[str, float]:
-    """Fetches the metrics of the steps since the last flush and reports them."""
+def _flush_metrics(pending, writer, progress, step: int, input_share: float) -> dict[str, float]:
+    """Fetches the metrics of the steps since the last flush and reports them.
+
+    ``input_share`` is the share of wall time the loop waited for input since the last flush;
+    it is logged as ``input_wait_share`` and shown on the progress line.
+    """
     fetched = jax.device_get(pending)
     for s, m in fetched:
         if writer:
@@ -763,12 +776,13 @@ def _flush_metrics(pending, writer, progress, step: int) -> dict[str, float]:
                 s, {k: v for k, v in m.items() if k not in LOG_STEP_ONLY or s == step}
             )
     last = {k: float(v) for k, v in fetched[-1][1].items()}
+    last["input_wait_share"] = input_share
     if progress:
         shown = {k: last[k] for k in ("loss", "probe_accuracy") if k in last}
-        ips = progress.update(step, shown)
+        ips = progress.update(step, shown, input_share=input_share)
         last["images_per_sec"] = ips
         if writer:
-            writer.write_scalars(step, {"images_per_sec": ips})
+            writer.write_scalars(step, {"images_per_sec": ips, "input_wait_share": input_share})
     return last
 
 

@@ -26,6 +26,7 @@ import time
 
 import numpy as np
 import pytest
+from param_compare import assert_params_close
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 STEPS = 3
@@ -243,13 +244,14 @@ def test_two_processes_equal_one_process_with_their_devices(tmp_path):
     for key in keys:
         # Both processes hold bit-identical replicas (one program, one all-reduce).
         np.testing.assert_array_equal(p0[key], p1[key], err_msg=key)
-        # Equal to one process with the same 4 devices, up to reduction order: 1e-5 of the
-        # leaf's scale. The absolute 1e-8 is for the Dense biases that feed a BatchNorm: BN
-        # subtracts the batch mean, so their gradient is zero in exact arithmetic and their
-        # values (~1e-9) are rounding noise.
-        scale = float(np.max(np.abs(ref[key])))
-        err = float(np.max(np.abs(p0[key] - ref[key])))
-        assert err <= 1e-5 * scale + 1e-8, f"{key}: max abs diff {err:.3g}, scale {scale:.3g}"
+    # Equal to one process with the same 4 devices, up to reduction order (the rule shared by
+    # every device/process-count comparison: tests/param_compare.py), here ten times stricter
+    # than its defaults for every tensor with a gradient: 2 processes x 2 devices split the
+    # batch as 1 process x 4 devices does, so only the all-reduce's order differs.
+    worst = assert_params_close(
+        {k: p0[k] for k in keys}, {k: ref[k] for k in keys}, rtol=1e-5, atol=1e-7
+    )
+    print(f"largest difference / bound: {worst:.2f}")
     # The comparison is not vacuous: training moved the params.
     moved = [
         k for k in keys if k.startswith("params/") and not np.allclose(ref[k], ref["init/" + k[7:]])

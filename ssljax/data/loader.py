@@ -26,7 +26,8 @@ central ``image_size`` square (the standard ImageNet protocol: 224 from 256).
 Work. A grain ``MapDataset`` over step numbers maps each step to its whole per-process batch
 (read, decode, crop, stack); ``mp_prefetch`` spreads the steps over ``num_workers`` processes
 (step ``k`` to worker ``k % num_workers``, consumed in order). With ``num_workers=0`` batches are
-built in the calling thread (``device_prefetch`` then overlaps them with the train step).
+built in the calling thread (``device_prefetch`` then overlaps them with the train step);
+``num_workers=-1`` picks the count from the host (``ssljax.data.workers``) and logs it.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from PIL import Image
 
 from ssljax.data import info as info_lib
 from ssljax.data import tfds_source
+from ssljax.data import workers as workers_lib
 
 logger = logging.getLogger(__name__)
 
@@ -302,6 +304,11 @@ class LoaderIterator:
         self._iterator: Any = None
 
     @property
+    def num_workers(self) -> int:
+        """Loader worker processes (0: batches are built in the calling thread)."""
+        return self._num_workers
+
+    @property
     def steps_per_epoch(self) -> int:
         """Global steps (batches) per epoch."""
         return self._reader.steps_per_epoch
@@ -469,9 +476,9 @@ def make_loader(
         raise ValueError(f"num_epochs={num_epochs} must be None (forever) or >= 1.")
     if num_views < 1:
         raise ValueError(f"num_views={num_views} must be >= 1.")
-    num_workers = int(info_lib.config_value(data_config, "num_workers"))
-    if num_workers < 0:
-        raise ValueError(f"data.num_workers={num_workers} must be >= 0.")
+    requested_workers = int(info_lib.config_value(data_config, "num_workers"))
+    if requested_workers < workers_lib.AUTO:
+        raise ValueError(f"data.num_workers={requested_workers} must be >= 0, or -1 for automatic.")
     image_size = int(info_lib.config_value(data_config, "image_size"))
     if image_size < 1:
         raise ValueError(f"data.image_size={image_size} must be >= 1.")
@@ -498,6 +505,14 @@ def make_loader(
 
     source = info_lib.open_source(data_config, split)
     num_examples = len(source)
+    if requested_workers == workers_lib.AUTO:
+        import jax
+
+        num_workers, workers_reason = workers_lib.resolve_num_workers(
+            requested_workers, dataset=dataset_info.name, platform=jax.devices()[0].platform
+        )
+    else:
+        num_workers, workers_reason = requested_workers, "as configured"
     if drop_remainder and num_examples < global_batch:
         raise ValueError(
             f"global_batch={global_batch} exceeds the {num_examples} examples of split "
@@ -535,7 +550,7 @@ def make_loader(
     dropped = num_examples - reader.steps_per_epoch * global_batch if drop_remainder else 0
     logger.debug(
         "%s/%s: %d examples, global batch %d (%d per process x %d processes) -> %d steps per "
-        "epoch (%s), %s, mode %s, %d worker processes",
+        "epoch (%s), %s, mode %s, %d worker processes (data.num_workers %s)",
         dataset_info.name,
         split,
         num_examples,
@@ -547,6 +562,7 @@ def make_loader(
         "shuffled each epoch" if shuffle else "in order",
         mode,
         num_workers,
+        workers_reason,
     )
     return LoaderIterator(
         reader, num_epochs=num_epochs, num_workers=num_workers, fingerprint=fingerprint

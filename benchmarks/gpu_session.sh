@@ -1,0 +1,158 @@
+#!/usr/bin/env bash
+# One prepared accelerator session, in phases, each bounded in time, every result under OUT.
+#
+#   bash benchmarks/gpu_session.sh OUT [PHASES]        PHASES: setup,step,e2e,fidelity (default)
+#
+# Made for a GPU host that has jax[cuda], flax, optax, orbax and torch but no package index and
+# no ../shared: missing wheels are taken from .whl/ and CIFAR-10 from .gpudata/ (both ignored by
+# git, both inside the repository so that they travel with it). It also runs on a CPU host as a
+# dry run (DRY=1 shrinks every phase to a few steps).
+#
+# Phases, in this order (the most important first, each bounded by what is left of DEADLINE):
+#   setup     install .whl/*.whl into /tmp/site, unpack CIFAR-10, `prepare` it (image_folder).
+#   fidelity  the equal-budget runs: each method's cifar10_cpu preset at FID_EPOCHS epochs in
+#             ssljax and in the PyTorch reference (benchmarks/torch_reference.py), seeds FID_SEEDS,
+#             FID_PARALLEL processes at a time on the one GPU; plus variant rows from FID_VARIANTS.
+#   e2e       `python -m ssljax.main --config=configs/byol.py:cifar10` at its defaults (loader
+#             workers automatic) for E2E_EPOCHS epochs: images/s, input-wait share, kNN at the end.
+#   step      the bare jitted train step, BYOL ResNet-18 CIFAR, batch 256, float32 and bfloat16
+#             (benchmarks/step.py): the images/s that the end-to-end run is compared with.
+set -uo pipefail
+OUT=${1:?usage: gpu_session.sh OUT [PHASES]}
+PHASES=${2:-setup,step,e2e,fidelity}
+mkdir -p "$OUT"
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+cd "$REPO"
+export PYTHONUNBUFFERED=1
+PY=${PY:-python3}
+DRY=${DRY:-0}
+WORK=${WORK:-/tmp/ssljax_gpu}
+DATA_DIR=$WORK/data
+LOG=$OUT/session.log
+mkdir -p "$WORK"
+say() { echo "[$(date +%H:%M:%S) +$(( $(date +%s) - T0 ))s] $*" | tee -a "$LOG"; }
+T0=$(date +%s)
+has() { [[ ",$PHASES," == *",$1,"* ]]; }
+# Every phase ends by DEADLINE seconds after the start (minus what the archive needs), so a
+# command limit never cuts the results: budget NAME DEFAULT -> min(DEFAULT, time left).
+DEADLINE=${DEADLINE:-560}
+budget() {
+  local left=$(( DEADLINE - ($(date +%s) - T0) - 15 ))
+  local want=$1
+  (( left < want )) && want=$left
+  (( want < 1 )) && want=1
+  echo "$want"
+}
+
+# The project's dependencies that the host lacks come from .whl/ (installed once into /tmp/site).
+if $PY -c "import grain, tensorflow_datasets, ml_collections" 2>/dev/null; then
+  export PYTHONPATH=$REPO
+else
+  if [ ! -d /tmp/site ]; then
+    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+      --target /tmp/site .whl/*.whl >>"$LOG" 2>&1 || { say "wheel install failed"; exit 1; }
+  fi
+  export PYTHONPATH=/tmp/site:$REPO
+fi
+command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version \
+  --format=csv,noheader | tee -a "$LOG"
+$PY -c "import jax, flax, optax, orbax.checkpoint, grain, tensorflow_datasets, torch; \
+print('jax', jax.__version__, jax.devices(), 'flax', flax.__version__, 'torch', torch.__version__)" \
+  2>&1 | tail -1 | tee -a "$LOG"
+
+# --- setup: CIFAR-10 unpacked and prepared. --------------------------------------------------------
+ROOT_FILE=$WORK/cifar_root
+if has setup; then
+  say "unpacking CIFAR-10"
+  rm -rf "$WORK/cifar"; mkdir -p "$WORK/cifar"
+  archive=.gpudata/cifar10-jpg.tar.gz
+  [ -f "$archive" ] || archive=../shared/data/cifar10-jpg.tar.gz
+  tar -xzf "$archive" -C "$WORK/cifar" || { say "no CIFAR-10 archive"; exit 1; }
+  dirname "$(find "$WORK/cifar" -maxdepth 3 -type d -name train | head -1)" >"$ROOT_FILE"
+  say "preparing $(cat "$ROOT_FILE") into $DATA_DIR"
+  $PY -m ssljax.data.prepare --dataset=image_folder --root="$(cat "$ROOT_FILE")" \
+    --data_dir="$DATA_DIR" --num_workers="$(nproc)" >>"$LOG" 2>&1 || { say "prepare failed"; exit 1; }
+  say "prepared"
+fi
+ROOT=$(cat "$ROOT_FILE" 2>/dev/null || echo "")
+DATA_FLAGS=(--config.data.root="$ROOT" --config.data.data_dir="$DATA_DIR")
+
+# --- fidelity: equal budget, ssljax and the PyTorch reference, several at a time. -------------------
+if has fidelity; then
+  methods=${FID_METHODS:-byol,simsiam,vicreg,barlow_twins}
+  seeds=${FID_SEEDS:-0,1}
+  epochs=${FID_EPOCHS:-1.25}
+  jobs=$WORK/fidelity_jobs.txt; : >"$jobs"
+  mkdir -p "$WORK/fid"
+  small=(); tsmall=()
+  if [ "$DRY" = 1 ]; then
+    small=(--config.num_steps=2 --config.knn.at_end=False --config.knn.at_start=False)
+    tsmall=(--override num_steps=2 --knn_subset 512)
+  fi
+  for m in ${methods//,/ }; do
+    for s in ${seeds//,/ }; do
+      name=ssljax.$m.s$s
+      echo "$PY -m ssljax.main --config=configs/$m.py:cifar10_cpu --workdir=$WORK/fid/$name \
+${DATA_FLAGS[*]} --config.seed=$s --config.num_epochs=$epochs --config.warmup_epochs=$(
+        $PY -c "print($epochs/10)") --config.data.num_workers=${FID_WORKERS:-3} ${small[*]} \
+>$WORK/fid/$name.log 2>&1" >>"$jobs"
+      name=torch.$m.s$s
+      if [ -f benchmarks/torch_reference.py ]; then
+        echo "$PY benchmarks/torch_reference.py --config configs/$m.py:cifar10_cpu --seed $s \
+--override num_epochs=$epochs --override warmup_epochs=$($PY -c "print($epochs/10)") \
+--root $ROOT --num_workers ${FID_WORKERS:-3} --device auto --out $WORK/fid/$name.json \
+${tsmall[*]} >$WORK/fid/$name.log 2>&1" >>"$jobs"
+      fi
+    done
+  done
+  # Variant rows: lines "NAME|CONFIG|OVERRIDES" (overrides as --config.x=y ...), seeds as above.
+  if [ -n "${FID_VARIANTS:-}" ] && [ -f "$FID_VARIANTS" ]; then
+    while IFS='|' read -r vname vconfig voverrides; do
+      [ -z "$vname" ] && continue
+      for s in ${seeds//,/ }; do
+        echo "$PY -m ssljax.main --config=$vconfig --workdir=$WORK/fid/variant.$vname.s$s \
+${DATA_FLAGS[*]} --config.seed=$s --config.num_epochs=$epochs --config.warmup_epochs=$(
+          $PY -c "print($epochs/10)") --config.data.num_workers=${FID_WORKERS:-3} $voverrides \
+${small[*]} >$WORK/fid/variant.$vname.s$s.log 2>&1" >>"$jobs"
+      done
+    done <"$FID_VARIANTS"
+  fi
+  say "fidelity: $(wc -l <"$jobs") jobs, ${FID_PARALLEL:-4} at a time"
+  export XLA_PYTHON_CLIENT_PREALLOCATE=false
+  # Each job bounded; the whole phase bounded by FID_TIMEOUT.
+  timeout "$(budget "${FID_TIMEOUT:-300}")" xargs -P "${FID_PARALLEL:-4}" -I{} \
+    timeout "${FID_JOB_TIMEOUT:-280}" bash -c {} <"$jobs"
+  say "fidelity ended with status $?"
+  $PY benchmarks/collect_fidelity.py "$WORK/fid" --out "$OUT/fidelity.json" | tee -a "$LOG"
+fi
+
+# --- e2e: the preset's job at its defaults. ------------------------------------------------------------
+if has e2e; then
+  epochs=${E2E_EPOCHS:-40}; extra=()
+  [ "$DRY" = 1 ] && extra=(--config.num_steps=3 --config.knn.at_end=False)
+  say "e2e: byol cifar10 at its defaults, $epochs epochs"
+  rm -rf "$WORK/e2e_byol"
+  timeout "$(budget "${E2E_TIMEOUT:-300}")" $PY -m ssljax.main --config=configs/byol.py:cifar10 \
+    --workdir="$WORK/e2e_byol" "${DATA_FLAGS[@]}" --config.num_epochs="$epochs" \
+    --config.warmup_epochs="${E2E_WARMUP:-2}" --config.knn.every_epochs=0 "${extra[@]}" \
+    >"$OUT/e2e_byol.log" 2>&1
+  say "e2e ended with status $?"
+  cp "$WORK/e2e_byol/metrics.jsonl" "$OUT/e2e_metrics.jsonl" 2>/dev/null
+  cp "$WORK/e2e_byol/summary.json" "$OUT/e2e_summary.json" 2>/dev/null
+  grep -E "img/s|kNN|Finished" "$OUT/e2e_byol.log" | tail -4
+fi
+
+# --- step: the bare train step (what the end-to-end run should reach). ------------------------------
+if has step; then
+  steps=20; [ "$DRY" = 1 ] && steps=2
+  say "bare step: BYOL resnet18_cifar batch 256, float32 and bfloat16"
+  timeout "$(budget "${STEP_TIMEOUT:-150}")" $PY benchmarks/step.py --methods byol --models resnet18_cifar \
+    --dtypes float32,bfloat16 --devices 1 --steps $steps --warmup 3 --out "$OUT/step.json" \
+    >>"$LOG" 2>&1 || say "step phase ended with status $?"
+  grep -E "^byol" "$LOG" | tail -2
+fi
+
+# Logs of every run, in one archive (the transfer takes few files).
+tar -czf "$OUT/logs.tgz" --exclude=checkpoints -C "$WORK" \
+  $(cd "$WORK" && ls -d fid e2e_byol fidelity_jobs.txt 2>/dev/null) 2>/dev/null
+say "done"
