@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One prepared accelerator session, in phases, each bounded in time, every result under OUT.
 #
-#   bash benchmarks/gpu_session.sh OUT [PHASES]        PHASES: setup,step,e2e,fidelity (default)
+#   bash benchmarks/gpu_session.sh OUT [PHASES]        PHASES: setup,fidelity,e2e,step,input
 #
 # Made for a GPU host that has jax[cuda], flax, optax, orbax and torch but no package index and
 # no ../shared: missing wheels are taken from .whl/ and CIFAR-10 from .gpudata/ (both ignored by
@@ -11,15 +11,17 @@
 # Phases, in this order (the most important first, each bounded by what is left of DEADLINE):
 #   setup     install .whl/*.whl into /tmp/site, unpack CIFAR-10, `prepare` it (image_folder).
 #   fidelity  the equal-budget runs: each method's cifar10_cpu preset at FID_EPOCHS epochs in
-#             ssljax and in the PyTorch reference (benchmarks/torch_reference.py), seeds FID_SEEDS,
-#             FID_PARALLEL processes at a time on the one GPU; plus variant rows from FID_VARIANTS.
+#             ssljax and in the PyTorch reference (benchmarks/torch_reference.py), FID_RUNS (method:seed),
+#             FID_PARALLEL processes at a time on the one GPU; plus variant rows from FID_VARIANTS
+#             (seeds FID_SEEDS).
 #   e2e       `python -m ssljax.main --config=configs/byol.py:cifar10` at its defaults (loader
 #             workers automatic) for E2E_EPOCHS epochs: images/s, input-wait share, kNN at the end.
 #   step      the bare jitted train step, BYOL ResNet-18 CIFAR, batch 256, float32 and bfloat16
 #             (benchmarks/step.py): the images/s that the end-to-end run is compared with.
+#   input     the loader alone (benchmarks/input.py): images/s per worker count and per core.
 set -uo pipefail
 OUT=${1:?usage: gpu_session.sh OUT [PHASES]}
-PHASES=${2:-setup,step,e2e,fidelity}
+PHASES=${2:-setup,fidelity,e2e,step,input}
 mkdir -p "$OUT"
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 cd "$REPO"
@@ -79,8 +81,8 @@ DATA_FLAGS=(--config.data.root="$ROOT" --config.data.data_dir="$DATA_DIR")
 
 # --- fidelity: equal budget, ssljax and the PyTorch reference, several at a time. -------------------
 if has fidelity; then
-  methods=${FID_METHODS:-byol,simsiam,vicreg,barlow_twins}
-  seeds=${FID_SEEDS:-0,1}
+  runs=${FID_RUNS:-byol:0,simsiam:0,byol:1,simsiam:1,vicreg:0,barlow_twins:0,vicreg:1,barlow_twins:1}
+  seeds=${FID_SEEDS:-0}  # of the variant rows
   epochs=${FID_EPOCHS:-1.25}
   jobs=$WORK/fidelity_jobs.txt; : >"$jobs"
   mkdir -p "$WORK/fid"
@@ -89,8 +91,10 @@ if has fidelity; then
     small=(--config.num_steps=2 --config.knn.at_end=False --config.knn.at_start=False)
     tsmall=(--override num_steps=2 --knn_subset 512)
   fi
-  for m in ${methods//,/ }; do
-    for s in ${seeds//,/ }; do
+  # Runs in the order given (the most wanted first: the queue may be cut by the deadline).
+  for run in ${runs//,/ }; do
+    m=${run%%:*}; s=${run##*:}
+    {
       name=ssljax.$m.s$s
       echo "$PY -m ssljax.main --config=configs/$m.py:cifar10_cpu --workdir=$WORK/fid/$name \
 ${DATA_FLAGS[*]} --config.seed=$s --config.num_epochs=$epochs --config.warmup_epochs=$(
@@ -103,7 +107,7 @@ ${DATA_FLAGS[*]} --config.seed=$s --config.num_epochs=$epochs --config.warmup_ep
 --root $ROOT --num_workers ${FID_WORKERS:-3} --device auto --out $WORK/fid/$name.json \
 ${tsmall[*]} >$WORK/fid/$name.log 2>&1" >>"$jobs"
       fi
-    done
+    }
   done
   # Variant rows: lines "NAME|CONFIG|OVERRIDES" (overrides as --config.x=y ...), seeds as above.
   if [ -n "${FID_VARIANTS:-}" ] && [ -f "$FID_VARIANTS" ]; then
@@ -150,6 +154,17 @@ if has step; then
     --dtypes float32,bfloat16 --devices 1 --steps $steps --warmup 3 --out "$OUT/step.json" \
     >>"$LOG" 2>&1 || say "step phase ended with status $?"
   grep -E "^byol" "$LOG" | tail -2
+fi
+
+# --- input: the loader alone, CIFAR-10 and ImageNet-like JPEGs, per worker count. -----------------
+if has input; then
+  say "input: loader images/s per worker count"
+  archive=.gpudata/cifar10-jpg.tar.gz
+  [ -f "$archive" ] || archive=../shared/data/cifar10-jpg.tar.gz
+  timeout "$(budget "${INPUT_TIMEOUT:-120}")" $PY benchmarks/input.py --archive "$archive" \
+    --workers "0,1,4,$(( $(nproc) - 1 ))" --seconds "${INPUT_SECONDS:-2}" \
+    --n_large "${INPUT_N_LARGE:-1000}" --out "$OUT/input.json" >>"$LOG" 2>&1
+  say "input ended with status $?"
 fi
 
 # Logs of every run, in one archive (the transfer takes few files).

@@ -2,18 +2,22 @@
 
 Two image folders, both prepared with ``python -m ssljax.data.prepare --dataset=image_folder``:
 the CIFAR-10 JPEG folder of ``../shared/data/cifar10-jpg.tar.gz`` (32x32, unpacked to a temporary
-folder), and 224x224 JPEGs made by upscaling CIFAR-10 training images (bicubic, quality 90).
-For each, and for 0, 1 and 2 worker processes, the loader runs in two modes:
+folder), and ImageNet-like JPEGs: CIFAR-10 training images upscaled (bicubic) to 500x375 or
+375x500 (ImageNet's typical size, both orientations, so the folder has no single image shape),
+quality 90. For each, and for 0, 1, 2 and N worker processes (N = the cores of the host), the
+loader runs in the modes the folder allows:
 
-* ``decode``: images as stored (uint8 [b, H, W, 3]), the fixed-size path (augmentation on device);
-* ``crop``: ``crop_in_loader=True``, two random-resized crops per image at the stored size,
-  the variable-size (ImageNet) path.
+* ``decode``: images as stored (uint8 [b, H, W, 3]), the fixed-size path (augmentation on device;
+  CIFAR-10 only);
+* ``crop``: ``crop_in_loader=True``, two random-resized crops per image (to 32 for CIFAR-10, to
+  224 for the ImageNet-like folder), the variable-size (ImageNet) path.
 
-Images/s counts source images (each yields two crops in ``crop`` mode); the first batches (worker
-start-up) are excluded. The machine is shared, so figures move by 10-20 % between runs.
+Images/s counts source images (each yields two crops in ``crop`` mode), also per worker process
+("per core": the rate one core sustains, which sizes ``data.num_workers`` for an accelerator);
+the first batches (worker start-up) are excluded. On a shared machine figures move by 10-20 %.
 
     python benchmarks/input.py
-    python benchmarks/input.py --workers 0,2 --n224 1000 --out /tmp/input.json
+    python benchmarks/input.py --workers 0,2 --n_large 1000 --out /tmp/input.json
 """
 
 import argparse
@@ -41,22 +45,29 @@ def _parse_args():
     parser.add_argument(
         "--out", default=str(REPO / "benchmarks" / "results" / "input.json"), help="JSON results"
     )
-    parser.add_argument("--workers", default="0,1,2", help="comma-separated worker counts")
-    parser.add_argument("--n224", type=int, default=3000, help="number of 224x224 JPEGs to make")
+    parser.add_argument(
+        "--workers",
+        default=f"0,1,2,{os.cpu_count() or 1}",
+        help="comma-separated worker counts (default 0,1,2 and the host's cores)",
+    )
+    parser.add_argument(
+        "--n_large", type=int, default=3000, help="number of 500x375 / 375x500 JPEGs to make"
+    )
     parser.add_argument("--seconds", type=float, default=6.0, help="timed seconds per case")
     return parser.parse_args()
 
 
-def _make_224_folder(cifar: pathlib.Path, dst: pathlib.Path, n: int) -> None:
-    """Upscales the first n/10 training images of each class to 224x224 JPEGs."""
+def _make_large_folder(cifar: pathlib.Path, dst: pathlib.Path, n: int) -> None:
+    """Upscales the first n/10 training images of each class to 500x375 or 375x500 JPEGs."""
     classes = sorted(p.name for p in (cifar / "train").iterdir())
     per_class = max(1, n // len(classes))
     for c in classes:
         out = dst / "train" / c
         out.mkdir(parents=True)
-        for f in sorted((cifar / "train" / c).glob("*.jpg"))[:per_class]:
+        for i, f in enumerate(sorted((cifar / "train" / c).glob("*.jpg"))[:per_class]):
+            size = (500, 375) if i % 2 == 0 else (375, 500)
             with Image.open(f) as im:
-                im.convert("RGB").resize((224, 224), Image.BICUBIC).save(out / f.name, quality=90)
+                im.convert("RGB").resize(size, Image.BICUBIC).save(out / f.name, quality=90)
 
 
 def _measure(config, batch, seconds):
@@ -98,11 +109,12 @@ def main():
             cifar = next(p for p in cifar.iterdir() if (p / "train").is_dir())
         results["prepare"]["unpack_s"] = time.perf_counter() - start
         start = time.perf_counter()
-        _make_224_folder(cifar, tmp / "jpeg224", args.n224)
-        results["prepare"]["make_224_s"] = time.perf_counter() - start
+        _make_large_folder(cifar, tmp / "jpeg500x375", args.n_large)
+        results["prepare"]["make_large_s"] = time.perf_counter() - start
 
         datasets = {}
-        for name, root, batch in (("cifar10-32", cifar, 256), ("jpeg-224", tmp / "jpeg224", 64)):
+        folders = (("cifar10-32", cifar, 256, 32), ("jpeg-500x375", tmp / "jpeg500x375", 64, 224))
+        for name, root, batch, size in folders:
             start = time.perf_counter()
             report = prepare(
                 "image_folder", tmp / f"data-{name}", root=root, num_workers=os.cpu_count() or 1
@@ -111,11 +123,15 @@ def main():
             total = sum(report["split_sizes"].values())
             results["prepare"][name] = {"images": total, "seconds": elapsed}
             print(f"prepared {name}: {total} images in {elapsed:.1f} s")
-            datasets[name] = (tmp / f"data-{name}", root, batch, report["image_shape"][0])
+            modes = ("decode", "crop") if report["image_shape"] is not None else ("crop",)
+            datasets[name] = (tmp / f"data-{name}", root, batch, size, modes)
 
-        print(f"\n{'dataset':<12} {'mode':<7} {'workers':>7} {'images/s':>10} {'first 2 (s)':>12}")
-        for name, (data_dir, root, batch, size) in datasets.items():
-            for mode in ("decode", "crop"):
+        print(
+            f"\n{'dataset':<13} {'mode':<7} {'workers':>7} {'images/s':>10} {'per core':>9} "
+            f"{'first 2 (s)':>12}"
+        )
+        for name, (data_dir, root, batch, size, modes) in datasets.items():
+            for mode in modes:
                 for w in workers:
                     config = {
                         "name": "image_folder",
@@ -131,11 +147,17 @@ def main():
                         "mode": mode,
                         "workers": w,
                         "batch": batch,
+                        "image_size": size,
                         "images_per_s": rate,
+                        # 0 workers: the calling process decodes, one core.
+                        "images_per_s_per_core": rate / max(w, 1),
                         "first_two_batches_s": first,
                     }
                     results["cases"].append(row)
-                    print(f"{name:<12} {mode:<7} {w:>7} {rate:>10.0f} {first:>12.2f}")
+                    print(
+                        f"{name:<13} {mode:<7} {w:>7} {rate:>10.0f} {rate / max(w, 1):>9.0f} "
+                        f"{first:>12.2f}"
+                    )
     out = pathlib.Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))
