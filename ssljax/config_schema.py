@@ -128,6 +128,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.knn.at_end = True
     # Also measure the randomly initialised network, the baseline pretraining must beat.
     c.knn.at_start = False
+    # ... after estimating its BatchNorm statistics from this many training batches (as many
+    # steps at learning rate 0 would; ssljax.train.calibrate_batch_stats); 0 keeps the initial
+    # statistics of 0 and 1, under which evaluation-mode BatchNorm does not normalise.
+    c.knn.bn_calibration_batches = 50
 
     c.checkpoint = ml_collections.ConfigDict()
     c.checkpoint.every_steps = 1000

@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 from ssljax import config_schema, methods, sharding, train
+from ssljax.models.siamese import SiameseNetwork
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 METHOD_NAMES = sorted(methods.METHODS)
@@ -256,10 +257,12 @@ def test_main_on_digits_writes_logs_and_checkpoints_then_resumes(tmp_path):
     config.data.data_dir = str(tmp_path / "data")
     config.knn.every_epochs = 0.0
     config.knn.k = 5
+    config.knn.bn_calibration_batches = 2  # the digits preset measures the calibrated init
     out = train.train_and_evaluate(config, str(workdir))
     assert np.isfinite(out["loss"]) and 0.0 <= out["knn_top1"] <= 1.0
     assert list(workdir.glob("events.out.tfevents.*"))
     rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["step"] == 0 and rows[0]["knn_init_bn_calibration_batches"] == 2
     assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4, 5, 6]
     assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == [
         3,
@@ -273,6 +276,43 @@ def test_main_on_digits_writes_logs_and_checkpoints_then_resumes(tmp_path):
     assert steps == [1, 2, 3, 4, 5, 6, 7, 8], "the second run must resume at step 7, not restart"
     assert json.loads((workdir / "summary.json").read_text())["step"] == 8
     assert os.path.isdir(workdir / "checkpoints" / "8")
+
+
+def test_calibrated_batch_stats_are_those_of_the_training_batches(cifar_batch):
+    """Re-estimated on one batch again and again, eval-mode BN reproduces train-mode BN on it."""
+    config = small_config("byol")
+    for view in (config.augment.view1, config.augment.view2):
+        # Deterministic views, so that every calibration batch is the same batch.
+        view.update(
+            crop_scale=(1.0, 1.0),
+            crop_ratio=(1.0, 1.0),
+            flip_prob=0.0,
+            jitter_prob=0.0,
+            grayscale_prob=0.0,
+            blur_prob=0.0,
+            solarize_prob=0.0,
+        )
+    comps, state, _ = build(config)
+    images = jnp.asarray(cifar_batch["image"])
+    # 60 batches of 2 views: the initial statistics weigh 0.9 ** 120 = 3e-6.
+    calibrated = train.estimate_batch_stats(
+        comps, state, iter([images] * 60), jax.random.PRNGKey(3)
+    )
+    x = comps.augment_fn(jax.random.PRNGKey(4), images)[0]
+
+    def features(batch_stats, train_mode):
+        variables = {"params": state.params, "batch_stats": batch_stats}
+        if train_mode:
+            out, _ = comps.online_net.apply(variables, x, train=True, mutable=["batch_stats"])
+            return np.asarray(out["features"])
+        return np.asarray(comps.online_net.apply(variables, x, method=SiameseNetwork.features))
+
+    want = features(state.batch_stats, train_mode=True)
+    np.testing.assert_allclose(features(calibrated.batch_stats, False), want, rtol=1e-3, atol=1e-4)
+    # With the initial statistics (mean 0, variance 1) evaluation mode is far from it.
+    assert np.abs(features(state.batch_stats, False) - want).max() > 0.1
+    same = jax.tree.map(lambda a, b: bool(np.array_equal(a, b)), calibrated.params, state.params)
+    assert all(jax.tree.leaves(same)), "calibration must not change the parameters"
 
 
 def test_summary_line_reports_knn_against_initialisation():
