@@ -63,6 +63,8 @@ def get_config(arg: str | None = None):
         c.heads.projector_output_use_bias = True
         c.heads.predictor_output_use_bias = True
         c.heads.init = "torch"
+        # solo-learn builds torchvision's resnet18 with its defaults: no zero-init residual.
+        c.model.backbone_kwargs.zero_init_residual = False
     else:  # digits
         c.heads.projector_hidden = (256,)
         c.heads.projector_dim = 64

@@ -80,7 +80,7 @@ def build_heads(config: ml_collections.ConfigDict, method: methods.Method, dtype
         output_bn_affine=h.projector_output_bn_affine,
         use_bias=h.projector_use_bias,
         output_use_bias=h.projector_output_use_bias,
-        init=h.get("init", "flax"),
+        init_scheme=h.get("init", "flax"),
         dtype=dtype,
     )
     predictor = None
@@ -90,7 +90,7 @@ def build_heads(config: ml_collections.ConfigDict, method: methods.Method, dtype
             output_dim=h.predictor_dim,
             use_bias=h.predictor_use_bias,
             output_use_bias=h.predictor_output_use_bias,
-            init=h.get("init", "flax"),
+            init_scheme=h.get("init", "flax"),
             dtype=dtype,
         )
     return projector, predictor

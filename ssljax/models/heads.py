@@ -24,7 +24,7 @@ from it line by line (biases included, since they count as parameters and get we
   each view's projection is part of the loss (the cross-correlation of standardised
   embeddings), not of the projector.
 
-Initialisation of the Dense layers (``MLP.init``, the config's ``heads.init``), fan_in being
+Initialisation of the Dense layers (``MLP.init_scheme``, the config's ``heads.init``), fan_in being
 the layer's input width:
 
 * ``'flax'``: Flax's default, LeCun normal (truncated at 2 std and rescaled so that the std is
@@ -53,7 +53,7 @@ import jax.numpy as jnp
 
 from ssljax.models.resnet import BN_EPSILON, BN_MOMENTUM, check_compute_dtype
 
-# The values of `MLP.init` (module docstring).
+# The values of `MLP.init_scheme` (module docstring).
 HEAD_INITS = ("flax", "torch", "haiku")
 
 
@@ -105,7 +105,7 @@ class MLP(nn.Module):
       output_bn_affine: Give the output BatchNorm learned scale and bias (SimSiam: False).
       use_bias: Bias in the hidden Dense layers.
       output_use_bias: Bias in the output Dense layer; ``None`` means ``use_bias``.
-      init: Initialisation of the Dense layers, a key of ``HEAD_INITS`` (module docstring).
+      init_scheme: Initialisation of the Dense layers, one of ``HEAD_INITS`` (module docstring).
       dtype: Compute dtype; parameters and BN statistics are float32, the output is float32.
     """
 
@@ -115,7 +115,7 @@ class MLP(nn.Module):
     output_bn_affine: bool = True
     use_bias: bool = True
     output_use_bias: bool | None = None
-    init: str = "flax"
+    init_scheme: str = "flax"
     dtype: Any = jnp.float32
 
     def __post_init__(self) -> None:
@@ -127,8 +127,10 @@ class MLP(nn.Module):
                 f"hidden_dims={self.hidden_dims!r}, output_dim={self.output_dim!r}."
             )
         check_compute_dtype(self.dtype, model="MLP")
-        if self.init not in HEAD_INITS:
-            raise ValueError(f"MLP: `init` must be one of {HEAD_INITS}; got {self.init!r}.")
+        if self.init_scheme not in HEAD_INITS:
+            raise ValueError(
+                f"MLP: `init_scheme` must be one of {HEAD_INITS}; got {self.init_scheme!r}."
+            )
         # A tuple keeps the module hashable (jit static arguments) when a config passes a list.
         object.__setattr__(self, "hidden_dims", tuple(int(d) for d in self.hidden_dims))
         super().__post_init__()
@@ -173,7 +175,7 @@ class MLP(nn.Module):
                 dtype=self.dtype,
                 param_dtype=jnp.float32,
                 name=f"dense_{i}",
-                **dense_inits(self.init, y.shape[-1]),
+                **dense_inits(self.init_scheme, y.shape[-1]),
             )(y)
             y = nn.relu(self._bn(train, f"bn_{i}")(y))
         last = len(self.hidden_dims)
@@ -184,7 +186,7 @@ class MLP(nn.Module):
             dtype=self.dtype,
             param_dtype=jnp.float32,
             name=f"dense_{last}",
-            **dense_inits(self.init, y.shape[-1]),
+            **dense_inits(self.init_scheme, y.shape[-1]),
         )(y)
         if self.output_bn:
             y = self._bn(train, f"bn_{last}", affine=self.output_bn_affine)(y)
@@ -265,7 +267,11 @@ def create_head(method: str, role: str, *, dtype: Any = jnp.float32, **overrides
             f"`role` {role!r} is not a head of {method!r}; "
             f"it has {sorted(PUBLISHED_HEADS[method])}."
         )
-    allowed = set(PUBLISHED_HEADS["simsiam"]["projector"]) | {"hidden_dims", "output_dim", "init"}
+    allowed = set(PUBLISHED_HEADS["simsiam"]["projector"]) | {
+        "hidden_dims",
+        "output_dim",
+        "init_scheme",
+    }
     unknown = sorted(set(overrides) - allowed)
     if unknown:
         raise ValueError(f"Unknown MLP override(s) {unknown}; allowed: {sorted(allowed)}.")
