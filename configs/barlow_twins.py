@@ -7,9 +7,10 @@ Commands:
 
 imagenet: the paper's settings (sec. 4, "Implementation details"): ResNet-50, batch 2048, 1000
 epochs, LARS, lr 0.2 * batch / 256 for the weights, weight decay 1.5e-6, 10 warm-up epochs then
-cosine to 1/1000 of the peak, lambda = 5e-3, projector 8192-8192-8192 (linear layers without
-bias); as the official main.py, biases and BatchNorm parameters at lr 0.0048 (* batch / 256, the
-weights' schedule scaled by 0.0048 / 0.2) and excluded from weight decay and LARS adaptation.
+cosine to 1/1000 of the peak, lambda = 0.0051 (the official code's; the paper rounds it to
+5e-3), projector 8192-8192-8192 (linear layers without bias); as the official main.py, biases
+and BatchNorm parameters at lr 0.0048 (* batch / 256, the weights' schedule scaled by
+0.0048 / 0.2) and excluded from weight decay and LARS adaptation.
 cifar10: solo-learn's scripts/pretrain/cifar/barlow.yaml: ResNet-18 (CIFAR stem, torchvision's
 init without zero-initialised residuals), batch 256, LARS (solo-learn's: eta 0.02, clip_lr,
 biases and BN parameters excluded) with base lr 0.3, weight decay 1e-4, projector
@@ -45,6 +46,8 @@ def get_config(arg: str | None = None):
         c.optimizer.base_lr = 0.2
         c.optimizer.weight_decay = 1.5e-6
         c.optimizer.final_lr = 0.2 * 2048 / 256 * 1e-3
+        # main.py's --lambd default and the released checkpoint's (the paper rounds to 5e-3).
+        c.method_config.lambd = 0.0051
         # main.py: param_groups[1] (p.ndim == 1: biases and BN parameters) at
         # learning_rate_biases 0.0048 against learning_rate_weights 0.2, same schedule.
         c.optimizer.lr_multipliers = ((r"(bias|scale)$", 0.0048 / 0.2),)

@@ -260,7 +260,7 @@ CITED = {
         "heads.projector_use_bias": False,
         "heads.projector_output_use_bias": False,
         "heads.init": "torch",
-        "method_config.lambd": 5e-3,
+        "method_config.lambd": 0.0051,  # main.py --lambd, the released checkpoint's
         "model.backbone_kwargs.zero_init_residual": True,
     },
 }
