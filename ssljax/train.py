@@ -547,7 +547,8 @@ def calibrate_batch_stats(
 
     # A key the training steps never use (they fold in steps 0 .. total_steps - 1).
     rng = jax.random.fold_in(state.rng, comps.total_steps + 1)
-    return estimate_batch_stats(comps, state, batches(), rng)
+    with loader:  # stops the loader's worker processes, if any, when done
+        return estimate_batch_stats(comps, state, batches(), rng)
 
 
 # ----------------------------------------------------------------------------------------------
