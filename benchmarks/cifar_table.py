@@ -17,9 +17,17 @@ Rows:
 * ``init``: the same network (BYOL's, ``zero_init_residual=False``) at its random
   initialisation, measured the same way. Its parameters are those of step 0 exactly (50 steps
   at learning rate 0 with the probe off); only the BatchNorm running statistics have been
-  estimated from those 50 training batches, as evaluation-mode BatchNorm needs them. (The kNN
-  of every run at step 0, with the initial running statistics of 0 and 1, is its own
-  ``kNN@init`` column.)
+  estimated from those 50 training batches, as evaluation-mode BatchNorm needs them.
+
+Every method row's baseline is its own network at initialisation, calibrated the same way:
+``knn_at_init`` is the run's kNN at step 0 after ``train.calibrate_batch_stats`` (BatchNorm
+statistics from ``knn.bn_calibration_batches`` = 50 training batches; ``knn_init_calibrated``
+says so, False for runs made before it existed, whose step-0 kNN used the initial statistics
+of 0 and 1), and ``knn_gain`` is ``knn_top1 - knn_at_init`` for calibrated baselines only.
+The collapse monitors: ``proj_std_x_sqrt_d`` of the projections (0 collapsed, 1 healthy) and
+``feature_rankme``, RankMe (Garrido et al. 2023) of the backbone features of a training batch
+(at most the batch size; a dimensional collapse shows as a fall), each at the end and at its
+lowest over the run.
 * ``pixels``: the raw pixels in [0, 1] (3,072 dimensions) through the same kNN and linear
   classifier.
 
@@ -171,6 +179,9 @@ def summarize_run(row: str, workdir: pathlib.Path) -> dict:
     linear = json.loads((workdir / "eval_linear.json").read_text())
     curve = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     train_rows = [r for r in curve if "loss" in r]
+    rankme_rows = [r for r in curve if r.get("feature_rankme") is not None]
+    calibrated = any(r.get("knn_init_bn_calibration_batches", 0) > 0 for r in curve)
+    knn_top1, knn_init = _result(knn, "knn_top1_k200"), summary.get("knn_top1_init")
     return {
         "row": row,
         "method": config["method"],
@@ -186,8 +197,12 @@ def summarize_run(row: str, workdir: pathlib.Path) -> dict:
         "steps": summary["step"],
         "wall_time_min": round(summary.get("wall_time_s", 0.0) / 60, 1),
         "images_per_s": round(summary.get("images_per_sec_overall", 0.0), 1),
-        "knn_at_init": summary.get("knn_top1_init"),
-        "knn_top1": _result(knn, "knn_top1_k200"),
+        "knn_at_init": knn_init,
+        "knn_init_calibrated": calibrated,
+        "knn_top1": knn_top1,
+        "knn_gain": (
+            knn_top1 - knn_init if calibrated and None not in (knn_top1, knn_init) else None
+        ),
         "linear_top1": _result(linear, "linear_top1"),
         "final_loss": summary.get("loss"),
         "proj_std_x_sqrt_d": summary.get("proj_std_x_sqrt_d"),
@@ -195,6 +210,8 @@ def summarize_run(row: str, workdir: pathlib.Path) -> dict:
             (r["proj_std_x_sqrt_d"] for r in train_rows if "proj_std_x_sqrt_d" in r),
             default=None,
         ),
+        "feature_rankme": rankme_rows[-1]["feature_rankme"] if rankme_rows else None,
+        "min_feature_rankme": min((r["feature_rankme"] for r in rankme_rows), default=None),
         "loss_curve": _subsample([(r["step"], round(r["loss"], 4)) for r in train_rows]),
         # The collapse monitor over the run: 0 is a collapsed projection, 1 a healthy one.
         "monitor_curve": _subsample(
@@ -203,6 +220,9 @@ def summarize_run(row: str, workdir: pathlib.Path) -> dict:
                 for r in train_rows
                 if "proj_std_x_sqrt_d" in r
             ]
+        ),
+        "rankme_curve": _subsample(
+            [(r["step"], round(r["feature_rankme"], 2)) for r in rankme_rows]
         ),
     }
 
@@ -263,9 +283,12 @@ COLUMNS = (
     ("images_per_s", "{}"),
     ("knn_at_init", "{:.2%}"),
     ("knn_top1", "{:.2%}"),
+    ("knn_gain", "{:+.2%}"),
     ("linear_top1", "{:.2%}"),
     ("final_loss", "{:.3f}"),
     ("min_proj_std_x_sqrt_d", "{:.2f}"),
+    ("feature_rankme", "{:.1f}"),
+    ("min_feature_rankme", "{:.1f}"),
 )
 
 

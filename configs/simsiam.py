@@ -9,10 +9,14 @@ imagenet: the paper's settings (sec. 4, "Implementation details"): ResNet-50, ba
 epochs, SGD momentum 0.9, lr = 0.05 * batch / 256 with cosine decay and no warm-up, weight
 decay 1e-4, the predictor's lr fixed (sec. 4.2, Table 1), projector 3 x 2048 with BN on every
 layer (the output BN without affine parameters, linear layers without bias), predictor
-2048-512-2048; augmentations as BYOL's but blur p = 0.5 on both views, no solarisation.
+2048-512-2048, nn.Linear's init; augmentations of main_simsiam.py (MoCo v2's): crop scale
+(0.2, 1), jitter 0.4/0.4/0.4/0.1 with p 0.8, grayscale 0.2, blur p 0.5 on both views.
 cifar10: the paper's CIFAR-10 experiment (Appendix D): ResNet-18 variant, batch 512, SGD
-lr = 0.03 * batch / 256, weight decay 5e-4, momentum 0.9, projector of 2 layers of 2048 (the
-output BN without affine), predictor 2048-512-2048, no blur.
+lr = 0.03 * batch / 256, weight decay 5e-4, momentum 0.9, 800 epochs, projector of 2 layers of
+2048 (the output BN without affine), predictor 2048-512-2048; everything else as the official
+code (zero-initialised residuals, nn.Linear's init, the fixed predictor rate) and its
+augmentations (main_simsiam.py: crop 0.2, jitter 0.4/0.4/0.4/0.1, blur p 0.5 on both views).
+Every value beside its source, and the deviations: configs/RECIPES.md.
 """
 
 from ssljax import config_schema
@@ -45,9 +49,14 @@ def get_config(arg: str | None = None):
     c.optimizer.fixed_lr = ("^predictor/",)
     c.optimizer.exclude_from_weight_decay = ()  # the official code decays every parameter
     c.warmup_epochs = 0.0
+    if preset != "digits":
+        c.heads.init = "torch"  # builder.py: nn.Linear's default init
     for view in (c.augment.view1, c.augment.view2):
         view.solarize_prob = 0.0
-        if preset == "imagenet":
+        if preset != "digits":
+            # main_simsiam.py (MoCo v2's augmentation), the same for both crops.
+            view.crop_scale = (0.2, 1.0)
+            view.saturation = 0.4
             view.blur_prob = 0.5
     if preset == "imagenet":
         c.global_batch = 512

@@ -10,8 +10,12 @@ LARS with base lr 0.2 (lr = 0.2 * batch / 256), weight decay 1e-6, eta 1e-3, 10 
 then cosine to 0.001 of the peak (official code), expander 8192-8192-8192,
 loss coefficients lambda = mu = 25, nu = 1, augmentations as BYOL's (blur 1.0 / 0.1, solarise
 0.0 / 0.2).
-cifar10: ResNet-18 (CIFAR stem), batch 256, LARS base lr 0.3, weight decay 1e-4, expander
-2048-2048-2048 (solo-learn's scripts/pretrain/cifar/vicreg.yaml).
+cifar10: solo-learn's scripts/pretrain/cifar/vicreg.yaml: ResNet-18 (CIFAR stem, torchvision's
+init without zero-initialised residuals), batch 256, LARS (solo-learn's: eta 0.02, clip_lr,
+biases and BN parameters excluded) with base lr 0.3, weight decay 1e-4, expander
+2048-2048-2048 with biases and PyTorch's init, symmetric augmentations (crop 0.2, no blur,
+solarise 0.1 on both views).
+Every value beside its source, and the deviations: configs/RECIPES.md.
 """
 
 from ssljax import config_schema
@@ -35,6 +39,8 @@ def get_config(arg: str | None = None):
     c.heads.projector_use_bias = True
     c.heads.projector_output_use_bias = False
     c.optimizer.name = "lars"
+    if preset != "digits":
+        c.heads.init = "torch"  # main_vicreg.py and solo-learn: nn.Linear's default init
     if preset == "imagenet":
         c.global_batch = 2048
         c.num_epochs = 1000.0
@@ -46,6 +52,19 @@ def get_config(arg: str | None = None):
         c.heads.projector_dim = 2048
         c.optimizer.base_lr = 0.3
         c.optimizer.weight_decay = 1e-4
+        # solo-learn vicreg.yaml `optimizer.kwargs`: clip_lr True, eta 0.02, exclude_bias_n_norm.
+        c.optimizer.lars_form = "solo_learn"
+        c.optimizer.eta = 0.02
+        c.optimizer.clip_lr = True
+        # solo/methods/vicreg.py: every nn.Linear with bias; solo-learn builds torchvision's
+        # resnet18 with its defaults (zero_init_residual=False).
+        c.heads.projector_output_use_bias = True
+        c.model.backbone_kwargs.zero_init_residual = False
+        # vicreg.yaml `augmentations`: one pipeline for both crops (num_crops 2).
+        for view in (c.augment.view1, c.augment.view2):
+            view.crop_scale = (0.2, 1.0)
+            view.blur_prob = 0.0
+            view.solarize_prob = 0.1
     else:  # digits
         c.heads.projector_hidden = (256, 256)
         c.heads.projector_dim = 256

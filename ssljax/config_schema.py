@@ -64,6 +64,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.heads.predictor_dim = 256
     c.heads.predictor_use_bias = True
     c.heads.predictor_output_use_bias = False
+    # Initialisation of the heads' Dense layers: 'flax' (LeCun normal, zero bias), 'torch'
+    # (PyTorch's nn.Linear: U(+-1/sqrt(fan_in)) for kernel and bias) or 'haiku' (hk.Linear:
+    # normal truncated at 2 std, std 1/sqrt(fan_in), zero bias); see ssljax.models.heads.
+    c.heads.init = "flax"
 
     c.data = ml_collections.ConfigDict()
     c.data.name = "digits"
@@ -97,11 +101,18 @@ def base_config() -> ml_collections.ConfigDict:
     c.optimizer.momentum = 0.9
     c.optimizer.nesterov = False
     c.optimizer.eta = 1e-3
+    # LARS: 'byol' (the official BYOL/VICReg/Barlow Twins optimizer) or 'solo_learn' (solo-learn's
+    # CIFAR recipes); clip_lr is solo-learn's LARC-style clipping (ssljax.optim.solo_learn_lars).
+    c.optimizer.lars_form = "byol"
+    c.optimizer.clip_lr = False
     c.optimizer.b1 = 0.9
     c.optimizer.b2 = 0.999
     c.optimizer.final_lr = 0.0
     c.optimizer.exclude_from_weight_decay = (r"bias$", r"scale$")
     c.optimizer.fixed_lr = ()
+    # ((regex, multiplier), ...): per-group rates as multiples of the schedule (Barlow Twins'
+    # biases and BatchNorm parameters); see ssljax.optim.build_optimizer.
+    c.optimizer.lr_multipliers = ()
 
     # EMA of the target network (BYOL): tau from tau_base to 1 by cosine. Ignored by methods
     # without an EMA target.
@@ -119,6 +130,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.knn.at_end = True
     # Also measure the randomly initialised network, the baseline pretraining must beat.
     c.knn.at_start = False
+    # ... after estimating its BatchNorm statistics from this many training batches (as many
+    # steps at learning rate 0 would; ssljax.train.calibrate_batch_stats); 0 keeps the initial
+    # statistics of 0 and 1, under which evaluation-mode BatchNorm does not normalise.
+    c.knn.bn_calibration_batches = 50
 
     c.checkpoint = ml_collections.ConfigDict()
     c.checkpoint.every_steps = 1000
@@ -260,7 +275,8 @@ def set_dataset(c: ml_collections.ConfigDict, preset: str) -> None:
         c.log_every_steps = 50
         c.checkpoint.every_steps = 1000
         for view in (c.augment.view1, c.augment.view2):
-            # solo-learn's CIFAR recipes: no blur at 32 pixels.
+            # solo-learn's asymmetric.yaml (its BYOL and Barlow Twins CIFAR recipes): no blur.
+            # Methods whose CIFAR recipe blurs (SimSiam) set it back in their config.
             view.blur_prob = 0.0
     elif preset == "imagenet":
         c.data.name = "imagenet2012"

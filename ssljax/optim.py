@@ -6,10 +6,12 @@ Everything here is an optax object so the training loop treats all methods alike
   (Goyal et al. 2017 scaling; the schedule of BYOL and SimCLR).
 * :func:`byol_tau_schedule` and :func:`update_target`: BYOL's target network EMA
   (Grill et al. 2020, sec. 3.2).
-* :func:`byol_lars`, :func:`sgd`, :func:`adamw`: the optimizers, with weight-decay masks built
-  by :func:`path_mask` from regexes over parameter paths ('backbone/conv_init/kernel').
+* :func:`byol_lars`, :func:`solo_learn_lars`, :func:`sgd`, :func:`adamw`: the optimizers, with
+  weight-decay masks built by :func:`path_mask` from regexes over parameter paths
+  ('backbone/conv_init/kernel').
 * :func:`build_optimizer`: all of the above from an ``ml_collections`` config, with
-  per-group learning rates through ``optax.multi_transform`` (SimSiam's fixed predictor rate).
+  per-group learning rates through ``optax.multi_transform`` (SimSiam's fixed predictor rate,
+  Barlow Twins' lower rate for biases and BatchNorm parameters).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import math
 import numbers
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -35,6 +37,7 @@ __all__ = [
     "param_paths",
     "path_mask",
     "sgd",
+    "solo_learn_lars",
     "update_target",
     "warmup_cosine_lr",
 ]
@@ -43,6 +46,10 @@ __all__ = [
 # and the multiplicative ones of the normalisation layers `scale`; kernels and embeddings have
 # other names. BYOL excludes exactly these from weight decay and from the LARS trust ratio.
 DEFAULT_EXCLUDE_FROM_WEIGHT_DECAY: tuple[str, ...] = (r"bias$", r"scale$")
+
+# solo-learn's LARS adds this to the trust ratio's denominator (solo/utils/lars.py, `eps=1e-8`;
+# no CIFAR yaml overrides it).
+SOLO_LEARN_LARS_EPS = 1e-8
 
 # How many parameter paths an error message shows before abbreviating.
 _MAX_PATHS_IN_ERROR = 24
@@ -335,6 +342,120 @@ def byol_lars(
     )
 
 
+class SoloLearnLarsState(NamedTuple):
+    """The update count, for the learning rate that ``clip_lr`` divides by."""
+
+    count: jax.Array
+
+
+def scale_by_solo_learn_lars(
+    learning_rate: optax.ScalarOrSchedule,
+    *,
+    weight_decay: float,
+    eta: float,
+    clip_lr: bool,
+    eps: float = SOLO_LEARN_LARS_EPS,
+) -> optax.GradientTransformation:
+    r"""The weight decay and trust ratio of solo-learn's LARS, for every leaf it is given.
+
+    For a tensor p with gradient g at step k (rate lr_k), as solo-learn's ``LARS.step``
+    (solo/utils/lars.py, from PyTorch Lightning Bolts)::
+
+        r = eta * ||p|| / (||g|| + weight_decay * ||p|| + eps)
+        r <- min(r / lr_k, 1)                      (if clip_lr; 1 when lr_k = 0, as torch's
+                                                     inf/min gives)
+        g <- r * (g + weight_decay * p)            (if ||p|| > 0 and ||g|| > 0; else g unchanged,
+                                                     with no weight decay)
+
+    With ``clip_lr`` the step of a tensor, lr_k * r, is min(eta * ||p|| / (||g|| + wd ||p||),
+    lr_k) times the direction: LARC's clipping (the trust ratio caps the global rate).
+
+    Args:
+        learning_rate: The rate of the group (float or schedule of the update count); read
+            only when ``clip_lr``.
+        weight_decay: The L2 coefficient; >= 0.
+        eta: The trust coefficient; > 0.
+        clip_lr: Divide the ratio by the current rate and cap it at 1.
+        eps: Added to the denominator.
+
+    Returns:
+        An ``optax.GradientTransformation``; its ``update`` needs ``params``.
+    """
+
+    def init_fn(params: Any) -> SoloLearnLarsState:
+        del params
+        return SoloLearnLarsState(count=jnp.zeros([], jnp.int32))
+
+    def update_fn(updates: Any, state: SoloLearnLarsState, params: Any = None):
+        if params is None:
+            raise ValueError("solo-learn's LARS needs the params: call update(g, state, params).")
+        lr = jnp.asarray(
+            learning_rate(state.count) if callable(learning_rate) else learning_rate,
+            jnp.float32,
+        )
+
+        def leaf(g: jax.Array, p: jax.Array) -> jax.Array:
+            p_norm = jnp.linalg.norm(p.astype(jnp.float32))
+            g_norm = jnp.linalg.norm(g.astype(jnp.float32))
+            ratio = eta * p_norm / (g_norm + weight_decay * p_norm + eps)
+            if clip_lr:
+                ratio = jnp.where(lr > 0, jnp.minimum(ratio / jnp.where(lr > 0, lr, 1.0), 1.0), 1.0)
+            adapted = (ratio * (g + weight_decay * p)).astype(g.dtype)
+            return jnp.where((p_norm > 0) & (g_norm > 0), adapted, g)
+
+        new_updates = jax.tree.map(leaf, updates, params)
+        return new_updates, SoloLearnLarsState(count=optax.safe_increment(state.count))
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def solo_learn_lars(
+    learning_rate: optax.ScalarOrSchedule,
+    *,
+    weight_decay: float,
+    momentum: float = 0.9,
+    eta: float = 0.02,
+    clip_lr: bool = False,
+    adapt_mask: Mask | None,
+    nesterov: bool = False,
+) -> optax.GradientTransformation:
+    r"""LARS as solo-learn applies it to its CIFAR recipes (``optimizer: lars`` in its yamls).
+
+    Where ``adapt_mask`` is True, :func:`scale_by_solo_learn_lars` (weight decay and trust
+    ratio, optionally clipped); elsewhere the gradient is left alone, with no weight decay
+    either: solo-learn's ``exclude_bias_n_norm`` skips both for 1-D tensors (biases and
+    BatchNorm parameters). Then, for every parameter::
+
+        v <- momentum * v + g;  update = -lr_k * v       (-lr_k * (g + momentum * v) if nesterov)
+
+    It differs from :func:`byol_lars` in the denominator of the ratio (||g|| + wd ||p|| + eps
+    instead of ||g + wd p||), in ``clip_lr``, and in tying weight decay to the adaptation.
+
+    Args:
+        learning_rate: A float or an ``optax.Schedule`` of the update count.
+        weight_decay: The L2 coefficient; >= 0.
+        momentum: The heavy-ball coefficient, in [0, 1).
+        eta: The trust coefficient (0.02 in solo-learn's CIFAR yamls); > 0.
+        clip_lr: solo-learn's ``clip_lr``: cap the ratio at 1 after dividing it by the rate.
+        adapt_mask: Bool pytree (or function of params), True where weight decay and the trust
+            ratio apply; None applies them everywhere.
+        nesterov: Use Nesterov momentum (not used by solo-learn's recipes).
+
+    Returns:
+        An ``optax.GradientTransformation``; its ``update`` needs ``params``.
+    """
+    return optax.chain(
+        _maybe_masked(
+            scale_by_solo_learn_lars(
+                learning_rate, weight_decay=weight_decay, eta=eta, clip_lr=clip_lr
+            ),
+            adapt_mask,
+        ),
+        optax.trace(decay=momentum, nesterov=nesterov),
+        optax.scale_by_learning_rate(learning_rate),
+    )
+
+
 def sgd(
     learning_rate: optax.ScalarOrSchedule,
     *,
@@ -401,7 +522,7 @@ def adamw(
 
 # name -> the config fields it reads besides the common ones.
 OPTIMIZERS: dict[str, tuple[str, ...]] = {
-    "lars": ("momentum", "nesterov", "eta"),
+    "lars": ("momentum", "nesterov", "eta", "lars_form", "clip_lr"),
     "sgd": ("momentum", "nesterov"),
     "adamw": ("b1", "b2", "eps"),
 }
@@ -411,13 +532,19 @@ _DEFAULTS: dict[str, Any] = {
     "momentum": 0.9,
     "nesterov": False,
     "eta": 1e-3,
+    "lars_form": "byol",
+    "clip_lr": False,
     "b1": 0.9,
     "b2": 0.999,
     "eps": 1e-8,
     "final_lr": 0.0,
     "exclude_from_weight_decay": DEFAULT_EXCLUDE_FROM_WEIGHT_DECAY,
     "fixed_lr": (),
+    "lr_multipliers": (),
 }
+
+# The LARS variants `lars_form` selects.
+LARS_FORMS = ("byol", "solo_learn")
 _REQUIRED = ("name", "base_lr")
 
 
@@ -463,11 +590,24 @@ def build_optimizer(
       ``(r'bias$', r'scale$')`` (biases of Dense/Conv and scales and biases of
       BatchNorm/LayerNorm). For LARS the same parameters are excluded from the trust ratio,
       as in BYOL. ``()`` decays everything (the official SimSiam code does).
+    * ``lars_form`` (LARS only): ``'byol'`` (default, :func:`byol_lars`: the official BYOL,
+      VICReg and Barlow Twins optimizers) or ``'solo_learn'`` (:func:`solo_learn_lars`: the
+      CIFAR recipes of solo-learn; weight decay and trust ratio skip the same excluded
+      parameters).
+    * ``clip_lr`` (default False; needs ``lars_form='solo_learn'``): solo-learn's ``clip_lr``,
+      the trust ratio divided by the current rate and capped at 1.
     * ``fixed_lr``: regexes of parameter paths whose rate stays at the peak for the whole run
-      (SimSiam's predictor: ``('^predictor/',)``), default ``()``. Implemented with
-      ``optax.multi_transform`` over two groups, each with its own copy of the optimizer.
+      (SimSiam's predictor: ``('^predictor/',)``), default ``()``.
+    * ``lr_multipliers``: ``((regex, m), ...)``: parameters whose path matches ``regex`` (the
+      first matching pair wins) get ``m`` times the rate they would otherwise get, at every
+      step, final rate included; default ``()``. Barlow Twins' official per-group rates
+      (weights 0.2, biases and BatchNorm parameters 0.0048, both times batch / 256 on the same
+      schedule) are ``((r'(bias|scale)$', 0.0048 / 0.2),)``.
 
-    Every pattern must match at least one path of ``params``.
+    ``fixed_lr`` and ``lr_multipliers`` are implemented with ``optax.multi_transform`` over
+    the groups they define, each with its own copy of the optimizer (under ``clip_lr`` each
+    copy divides by its own group's rate, as solo-learn's per-group ``lr`` does). Every
+    pattern must match at least one path of ``params``.
 
     Args:
         opt_config: The optimizer config described above.
@@ -507,6 +647,14 @@ def build_optimizer(
         _check_unit_interval("momentum", cfg["momentum"])
     if name == "lars" and not (isinstance(cfg["eta"], numbers.Real) and cfg["eta"] > 0):
         raise ValueError(f"eta must be a number > 0, got {cfg['eta']!r}.")
+    if cfg["lars_form"] not in LARS_FORMS:
+        raise ValueError(f"lars_form must be one of {LARS_FORMS}, got {cfg['lars_form']!r}.")
+    if cfg["clip_lr"] and not (name == "lars" and cfg["lars_form"] == "solo_learn"):
+        raise ValueError(
+            "clip_lr is solo-learn's LARS option: set name='lars' and lars_form='solo_learn', "
+            f"or clip_lr=False (got name={name!r}, lars_form={cfg['lars_form']!r})."
+        )
+    multipliers = _as_multipliers(cfg["lr_multipliers"])
     if name == "adamw":
         _check_unit_interval("b1", cfg["b1"])
         _check_unit_interval("b2", cfg["b2"])
@@ -527,6 +675,16 @@ def build_optimizer(
     )
 
     def make(learning_rate: optax.ScalarOrSchedule) -> optax.GradientTransformation:
+        if name == "lars" and cfg["lars_form"] == "solo_learn":
+            return solo_learn_lars(
+                learning_rate,
+                weight_decay=weight_decay,
+                momentum=cfg["momentum"],
+                eta=cfg["eta"],
+                clip_lr=bool(cfg["clip_lr"]),
+                adapt_mask=decay_mask,
+                nesterov=bool(cfg["nesterov"]),
+            )
         if name == "lars":
             return byol_lars(
                 learning_rate,
@@ -555,11 +713,61 @@ def build_optimizer(
         )
 
     fixed_patterns = _as_patterns(cfg["fixed_lr"], "fixed_lr")
-    if not fixed_patterns:
+    if not fixed_patterns and not multipliers:
         return make(lr_schedule), lr_schedule
 
-    fixed = path_mask(params, fixed_patterns, name="fixed_lr")
-    labels = jax.tree.map(lambda f: "fixed" if f else "scheduled", fixed)
+    # One group per (fixed or scheduled, multiplier) pair that some parameter falls in.
+    fixed = (
+        path_mask(params, fixed_patterns, name="fixed_lr")
+        if fixed_patterns
+        else jax.tree.map(lambda _: False, params)
+    )
+    factor = _multiplier_tree(params, multipliers)
+    labels = jax.tree.map(lambda f, m: f"{'fixed' if f else 'scheduled'}*{m!r}", fixed, factor)
     peak = float(base_lr) * int(global_batch) / 256.0
-    tx = optax.multi_transform({"scheduled": make(lr_schedule), "fixed": make(peak)}, labels)
-    return tx, lr_schedule
+
+    def group(label: str) -> optax.GradientTransformation:
+        kind, _, m = label.partition("*")
+        m = float(m)
+        if kind == "fixed":
+            return make(peak * m)
+        if m == 1.0:
+            return make(lr_schedule)
+        return make(lambda step: m * lr_schedule(step))
+
+    transforms = {label: group(label) for label in sorted(set(jax.tree.leaves(labels)))}
+    return optax.multi_transform(transforms, labels), lr_schedule
+
+
+def _as_multipliers(value: Any) -> tuple[tuple[str, float], ...]:
+    pairs = tuple(value or ())
+    for pair in pairs:
+        ok = (
+            isinstance(pair, Sequence)
+            and not isinstance(pair, str)
+            and len(pair) == 2
+            and isinstance(pair[0], str)
+            and isinstance(pair[1], numbers.Real)
+            and not isinstance(pair[1], bool)
+        )
+        if not ok:
+            raise ValueError(
+                "lr_multipliers must be a sequence of (regex, multiplier) pairs, e.g. "
+                f"((r'(bias|scale)$', 0.024),); got {value!r}."
+            )
+        _check_nonnegative(f"lr_multipliers multiplier of {pair[0]!r}", pair[1])
+        _as_patterns(pair[0], "lr_multipliers")
+    return tuple((str(p), float(m)) for p, m in pairs)
+
+
+def _multiplier_tree(params: Any, multipliers: Sequence[tuple[str, float]]) -> Any:
+    """The rate multiplier of every leaf: the first matching pair's, else 1."""
+    masks = [
+        path_mask(params, pattern, name=f"lr_multipliers[{i}]")
+        for i, (pattern, _) in enumerate(multipliers)
+    ]
+
+    def first(*matched: bool) -> float:
+        return next((m for hit, (_, m) in zip(matched, multipliers, strict=True) if hit), 1.0)
+
+    return jax.tree.map(first, *masks) if masks else jax.tree.map(lambda _: 1.0, params)

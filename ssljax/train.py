@@ -83,6 +83,7 @@ def build_heads(config: ml_collections.ConfigDict, method: methods.Method, dtype
         output_bn_affine=h.projector_output_bn_affine,
         use_bias=h.projector_use_bias,
         output_use_bias=h.projector_output_use_bias,
+        init_scheme=h.get("init", "flax"),
         dtype=dtype,
     )
     predictor = None
@@ -92,6 +93,7 @@ def build_heads(config: ml_collections.ConfigDict, method: methods.Method, dtype
             output_dim=h.predictor_dim,
             use_bias=h.predictor_use_bias,
             output_use_bias=h.predictor_output_use_bias,
+            init_scheme=h.get("init", "flax"),
             dtype=dtype,
         )
     return projector, predictor
@@ -481,6 +483,77 @@ def run_knn_monitor(
     return {"knn_top1": acc}
 
 
+def estimate_batch_stats(
+    comps: Components, state: TrainState, images: Iterator[jax.Array], rng: jax.Array
+) -> TrainState:
+    """``state`` with the online network's BatchNorm statistics re-estimated from ``images``.
+
+    Each batch is augmented into the method's two views and run through the online network in
+    training mode, the running averages updated as a training step updates them (momentum 0.9,
+    one update per view); the parameters are not touched. After n batches the initial
+    statistics weigh 0.9 ** (2 n): these are the statistics n training steps at learning rate 0
+    would leave, which evaluation-mode BatchNorm needs before the network at initialisation can
+    be measured fairly (with the initial 0/1 statistics it does not normalise at all).
+
+    Args:
+      comps: the run's components.
+      state: the state whose ``params`` are measured; it is not modified.
+      images: batches of uint8 training images ``[B, H, W, C]`` (sharded like a train batch).
+      rng: PRNG key of the augmentations (batch i uses ``fold_in(rng, i)``).
+
+    Returns:
+      A copy of ``state`` with the new ``batch_stats``.
+    """
+
+    @jax.jit
+    def update(params, batch_stats, key, batch_images):
+        views = comps.augment_fn(key, batch_images)
+        _, batch_stats = _forward_views(comps.online_net, params, batch_stats, views)
+        return batch_stats
+
+    batch_stats = state.batch_stats
+    for i, batch_images in enumerate(images):
+        batch_stats = update(state.params, batch_stats, jax.random.fold_in(rng, i), batch_images)
+    return state.replace(batch_stats=batch_stats)
+
+
+def calibrate_batch_stats(
+    config: ml_collections.ConfigDict,
+    comps: Components,
+    state: TrainState,
+    mesh: jax.sharding.Mesh,
+) -> TrainState:
+    """:func:`estimate_batch_stats` on ``config.knn.bn_calibration_batches`` training batches.
+
+    The batches come from a loader of their own (another shuffling seed), so the training
+    stream is the same whether or not the baseline is measured; 0 batches returns ``state``.
+    """
+    num_batches = int(config.knn.get("bn_calibration_batches", 0))
+    if num_batches <= 0:
+        return state
+    loader = data.make_loader(
+        config.data,
+        split=config.data.train_split,
+        global_batch=config.global_batch,
+        seed=config.seed + 1,
+        shuffle=True,
+        drop_remainder=True,
+        num_epochs=1,
+    )
+    in_sharding = sharding.batch_sharding(mesh)
+
+    def batches() -> Iterator[jax.Array]:
+        for i, batch in enumerate(loader):
+            if i == num_batches:
+                return
+            yield jax.make_array_from_process_local_data(in_sharding, np.asarray(batch["image"]))
+
+    # A key the training steps never use (they fold in steps 0 .. total_steps - 1).
+    rng = jax.random.fold_in(state.rng, comps.total_steps + 1)
+    with loader:  # stops the loader's worker processes, if any, when done
+        return estimate_batch_stats(comps, state, batches(), rng)
+
+
 # ----------------------------------------------------------------------------------------------
 # The job.
 # ----------------------------------------------------------------------------------------------
@@ -629,8 +702,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if config.knn.at_start and start_step == 0:
         # On a large dataset this pass and the compilation below take minutes: say so.
         logging.info("kNN at initialisation: %s images...", f"{_knn_images(config, info):,}")
-        res = run_knn_monitor(config, comps, state, mesh, feature_fn)
+        # The baseline is the initialisation with BatchNorm statistics from training batches,
+        # measured on a copy: training starts from `state` whether or not this runs.
+        calibrated = calibrate_batch_stats(config, comps, state, mesh)
+        res = run_knn_monitor(config, comps, calibrated, mesh, feature_fn)
+        del calibrated
         last["knn_top1_init"] = res["knn_top1"]
+        res["knn_init_bn_calibration_batches"] = float(config.knn.get("bn_calibration_batches", 0))
         if writer:
             writer.write_scalars(0, res)
     if start_step < comps.total_steps:

@@ -92,3 +92,207 @@ def test_cpu_budget_backbone_is_a_quarter_width_resnet18():
     # conv has 1/16 of them and the BatchNorms 1/4: 16 base channels, 128 features.
     assert backbone.num_features == 128
     assert count == 700_176, count
+
+
+# Each preset's values beside the source it cites (configs/RECIPES.md has the full table).
+# solo-learn = vturrisi/solo-learn scripts/pretrain/cifar/<method>.yaml (+ augmentations/*.yaml,
+# solo/methods/<method>.py); the ImageNet presets follow each paper and its official code.
+SOLO_LEARN_LARS = {
+    "optimizer.name": "lars",
+    "optimizer.lars_form": "solo_learn",
+    "optimizer.eta": 0.02,  # optimizer.kwargs.eta
+    "optimizer.clip_lr": True,  # optimizer.kwargs.clip_lr
+    # exclude_bias_n_norm: 1-D tensors (biases, BN) skip weight decay and adaptation.
+    "optimizer.exclude_from_weight_decay": (r"bias$", r"scale$"),
+    "optimizer.momentum": 0.9,  # solo-learn's LARS default in its pretrain args
+    "global_batch": 256,  # optimizer.batch_size on one device: lr * 256 / 256
+    "warmup_epochs": 10.0,  # scheduler warmup_cosine, warmup_epochs default 10
+    "num_epochs": 1000.0,  # max_epochs
+    "heads.init": "torch",
+    "model.backbone_kwargs.zero_init_residual": False,  # torchvision resnet18 defaults
+}
+ASYMMETRIC_CIFAR_VIEWS = {  # solo-learn augmentations/asymmetric.yaml
+    **{f"augment.view{i}.crop_scale": (0.08, 1.0) for i in (1, 2)},
+    **{f"augment.view{i}.saturation": 0.2 for i in (1, 2)},
+    **{f"augment.view{i}.blur_prob": 0.0 for i in (1, 2)},
+    "augment.view1.solarize_prob": 0.0,
+    "augment.view2.solarize_prob": 0.2,
+}
+SIMSIAM_VIEWS = {  # facebookresearch/simsiam main_simsiam.py (MoCo v2's augmentation)
+    **{f"augment.view{i}.crop_scale": (0.2, 1.0) for i in (1, 2)},
+    **{f"augment.view{i}.brightness": 0.4 for i in (1, 2)},
+    **{f"augment.view{i}.saturation": 0.4 for i in (1, 2)},
+    **{f"augment.view{i}.hue": 0.1 for i in (1, 2)},
+    **{f"augment.view{i}.blur_prob": 0.5 for i in (1, 2)},
+    **{f"augment.view{i}.solarize_prob": 0.0 for i in (1, 2)},
+}
+BYOL_TABLE6_VIEWS = {  # Grill et al. 2020, Table 6 (also VICReg's and Barlow Twins' code)
+    **{f"augment.view{i}.crop_scale": (0.08, 1.0) for i in (1, 2)},
+    **{f"augment.view{i}.saturation": 0.2 for i in (1, 2)},
+    "augment.view1.blur_prob": 1.0,
+    "augment.view2.blur_prob": 0.1,
+    "augment.view1.solarize_prob": 0.0,
+    "augment.view2.solarize_prob": 0.2,
+}
+CITED = {
+    ("byol", "cifar10"): {
+        **SOLO_LEARN_LARS,
+        **ASYMMETRIC_CIFAR_VIEWS,
+        "optimizer.base_lr": 1.0,
+        "optimizer.weight_decay": 1e-5,
+        "tau_base": 0.99,  # momentum.base_tau (final_tau 1.0)
+        "heads.projector_hidden": (4096,),
+        "heads.projector_dim": 256,
+        "heads.predictor_hidden": (4096,),
+        "heads.projector_use_bias": True,  # solo/methods/byol.py: nn.Linear defaults
+        "heads.projector_output_use_bias": True,
+        "heads.predictor_use_bias": True,
+        "heads.predictor_output_use_bias": True,
+    },
+    ("byol", "imagenet"): {
+        **BYOL_TABLE6_VIEWS,
+        "global_batch": 4096,
+        "num_epochs": 1000.0,
+        "warmup_epochs": 10.0,
+        "optimizer.name": "lars",
+        "optimizer.lars_form": "byol",
+        "optimizer.clip_lr": False,
+        "optimizer.eta": 1e-3,
+        "optimizer.base_lr": 0.2,
+        "optimizer.weight_decay": 1.5e-6,
+        "optimizer.lr_multipliers": (),
+        "tau_base": 0.996,
+        "heads.init": "haiku",  # byol/utils/networks.py MLP: hk.Linear defaults
+        "heads.projector_output_use_bias": False,
+        "model.backbone_kwargs.zero_init_residual": True,  # Haiku BlockV1 batchnorm_2
+    },
+    ("simsiam", "cifar10"): {
+        **SIMSIAM_VIEWS,
+        # Chen & He 2021, Appendix D.
+        "global_batch": 512,
+        "num_epochs": 800.0,
+        "optimizer.name": "sgd",
+        "optimizer.base_lr": 0.03,
+        "optimizer.weight_decay": 5e-4,
+        "optimizer.momentum": 0.9,
+        "heads.projector_hidden": (2048,),
+        "heads.projector_dim": 2048,
+        "heads.predictor_hidden": (512,),
+        # The official code otherwise.
+        "warmup_epochs": 0.0,
+        "optimizer.fixed_lr": ("^predictor/",),
+        "optimizer.exclude_from_weight_decay": (),
+        "heads.init": "torch",
+        "model.backbone_kwargs.zero_init_residual": True,
+    },
+    ("simsiam", "imagenet"): {
+        **SIMSIAM_VIEWS,
+        "global_batch": 512,
+        "num_epochs": 100.0,
+        "warmup_epochs": 0.0,
+        "optimizer.name": "sgd",
+        "optimizer.base_lr": 0.05,
+        "optimizer.weight_decay": 1e-4,
+        "optimizer.fixed_lr": ("^predictor/",),
+        "optimizer.exclude_from_weight_decay": (),
+        "heads.projector_hidden": (2048, 2048),
+        "heads.projector_output_bn_affine": False,
+        "heads.predictor_hidden": (512,),
+        "heads.init": "torch",
+        "model.backbone_kwargs.zero_init_residual": True,
+    },
+    ("vicreg", "cifar10"): {
+        **SOLO_LEARN_LARS,
+        # vicreg.yaml `augmentations`: one pipeline, num_crops 2.
+        **{f"augment.view{i}.crop_scale": (0.2, 1.0) for i in (1, 2)},
+        **{f"augment.view{i}.saturation": 0.2 for i in (1, 2)},
+        **{f"augment.view{i}.blur_prob": 0.0 for i in (1, 2)},
+        **{f"augment.view{i}.solarize_prob": 0.1 for i in (1, 2)},
+        "optimizer.base_lr": 0.3,
+        "optimizer.weight_decay": 1e-4,
+        "heads.projector_hidden": (2048, 2048),
+        "heads.projector_dim": 2048,
+        "heads.projector_use_bias": True,
+        "heads.projector_output_use_bias": True,
+        "method_config.sim_coeff": 25.0,
+        "method_config.std_coeff": 25.0,
+        "method_config.cov_coeff": 1.0,
+    },
+    ("vicreg", "imagenet"): {
+        **BYOL_TABLE6_VIEWS,
+        "global_batch": 2048,
+        "num_epochs": 1000.0,
+        "warmup_epochs": 10.0,
+        "optimizer.lars_form": "byol",
+        "optimizer.eta": 1e-3,
+        "optimizer.base_lr": 0.2,
+        "optimizer.weight_decay": 1e-6,
+        "optimizer.final_lr": 0.2 * 2048 / 256 * 1e-3,
+        "heads.projector_hidden": (8192, 8192),
+        "heads.projector_output_use_bias": False,
+        "heads.init": "torch",
+        "model.backbone_kwargs.zero_init_residual": True,
+    },
+    ("barlow_twins", "cifar10"): {
+        **SOLO_LEARN_LARS,
+        **ASYMMETRIC_CIFAR_VIEWS,
+        "optimizer.base_lr": 0.3,
+        "optimizer.weight_decay": 1e-4,
+        "heads.projector_hidden": (2048, 2048),
+        "heads.projector_dim": 2048,
+        "heads.projector_use_bias": True,
+        "heads.projector_output_use_bias": True,
+        "method_config.lambd": 0.0051,  # solo/methods/barlow_twins.py default lamb
+        "method_config.scale_loss": 0.1,  # barlow.yaml method_kwargs.scale_loss
+    },
+    ("barlow_twins", "imagenet"): {
+        **BYOL_TABLE6_VIEWS,
+        "global_batch": 2048,
+        "num_epochs": 1000.0,
+        "warmup_epochs": 10.0,
+        "optimizer.lars_form": "byol",
+        "optimizer.base_lr": 0.2,  # learning_rate_weights
+        "optimizer.weight_decay": 1.5e-6,
+        "optimizer.final_lr": 0.2 * 2048 / 256 * 1e-3,
+        # learning_rate_biases 0.0048 for p.ndim == 1 (biases, BN), the same schedule.
+        "optimizer.lr_multipliers": ((r"(bias|scale)$", 0.0048 / 0.2),),
+        "heads.projector_hidden": (8192, 8192),
+        "heads.projector_use_bias": False,
+        "heads.projector_output_use_bias": False,
+        "heads.init": "torch",
+        "method_config.lambd": 0.0051,  # main.py --lambd, the released checkpoint's
+        "model.backbone_kwargs.zero_init_residual": True,
+    },
+}
+
+
+@pytest.mark.parametrize("name, preset", sorted(CITED))
+def test_preset_values_are_those_of_the_cited_source(name, preset):
+    got = _flat(_load(name, preset))
+    mismatched = {k: (got.get(k, "<missing>"), v) for k, v in CITED[name, preset].items()}
+    mismatched = {k: gv for k, gv in mismatched.items() if gv[0] != gv[1]}
+    assert not mismatched, mismatched
+
+
+def test_barlow_twins_cifar10_scales_the_loss():
+    from ssljax.methods import barlow_twins
+
+    rng = np.random.default_rng(0)
+    z = [{"projection": rng.normal(size=(16, 8)).astype(np.float32)} for _ in range(2)]
+    cfg = _load("barlow_twins", "cifar10").method_config
+    scaled, terms = barlow_twins.barlow_twins_method_loss(z, None, cfg)
+    plain, plain_terms = barlow_twins.barlow_twins_method_loss(z, None, {"lambd": cfg.lambd})
+    np.testing.assert_allclose(scaled, 0.1 * plain, rtol=1e-6)
+    assert {k: float(v) for k, v in terms.items()} == {k: float(v) for k, v in plain_terms.items()}
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_heads_get_the_presets_init_scheme(name):
+    from ssljax import methods, train
+
+    for preset in ("digits", "cifar10", "imagenet"):
+        c = _load(name, preset)
+        projector, predictor = train.build_heads(c, methods.get_method(name), np.float32)
+        assert projector.init_scheme == c.heads.init, preset
+        if predictor is not None:
+            assert predictor.init_scheme == c.heads.init, preset

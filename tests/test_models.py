@@ -2,16 +2,19 @@
 state, bfloat16 compute, global-batch statistics under sharding, and bad input."""
 
 import functools
+import pathlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.special
+import scipy.stats
 from flax import traverse_util
 
 from ssljax.models import BACKBONES, MLP, PUBLISHED_HEADS, ResNet, ViT, create_backbone, create_head
 
+REPO = pathlib.Path(__file__).resolve().parents[1]
 P = jax.sharding.PartitionSpec
 BF16_EPS = 2.0**-8  # unit roundoff of bfloat16 (8-bit significand)
 
@@ -425,6 +428,53 @@ def test_zero_init_residual(block, last_bn):
     zeroed = {k for k, v in scales.items() if np.all(v == 0)}
     assert zeroed == {f"layer{i}_0/{last_bn}/scale" for i in range(1, 5)}
     assert all(np.all(scales[k] == 1) for k in set(scales) - zeroed)
+
+
+def test_byol_imagenet_preset_zero_inits_the_last_bn_of_every_bottleneck():
+    """Haiku's BlockV1 (the official BYOL's ResNet-50): batchnorm_2 has scale_init=jnp.zeros."""
+    from ssljax import config_schema
+
+    c = config_schema.load_config(str(REPO / "configs" / "byol.py") + ":imagenet")
+    # The preset's ResNet-50 with one block per stage at 1/16 width: same blocks, cheap init.
+    kwargs = {**c.model.backbone_kwargs.to_dict(), "width": 0.0625, "stage_sizes": (1, 1, 1, 1)}
+    model = create_backbone(c.model.backbone, **kwargs)
+    assert model.block == "bottleneck"
+    p = flat(init(model, jnp.zeros((1, 32, 32, 3)))["params"])
+    zeroed = {k for k, v in p.items() if k.endswith("/scale") and np.all(v == 0)}
+    assert zeroed == {f"layer{i}_0/bn3/scale" for i in range(1, 5)}
+
+
+TRUNCNORM_STD = scipy.stats.truncnorm(-2.0, 2.0).std()  # 0.8796: a unit normal cut at +-2
+
+
+@pytest.mark.parametrize("scheme", ["flax", "torch", "haiku"])
+def test_head_init_statistics(scheme):
+    """Every Dense of a head follows its scheme, with fan_in the layer's own input width."""
+    d_in, hidden = 256, 1024
+    head = MLP(hidden_dims=(hidden,), output_dim=512, output_use_bias=True, init_scheme=scheme)
+    p = flat(init(head, jnp.zeros((2, d_in)))["params"])
+    for layer, fan_in in (("dense_0", d_in), ("dense_1", hidden)):
+        w = p[f"{layer}/kernel"].astype(np.float64).ravel()
+        b = p[f"{layer}/bias"].astype(np.float64)
+        bound = 1.0 / np.sqrt(fan_in)
+        sample = w[:: max(1, w.size // 20000)] / bound
+        if scheme == "torch":
+            # nn.Linear.reset_parameters: kaiming_uniform_(a=sqrt(5)) = U(-1/sqrt(fan_in), +),
+            # the bias U(-1/sqrt(fan_in), +) too.
+            want_std, dist = bound / np.sqrt(3.0), scipy.stats.uniform(-1.0, 2.0)
+            assert np.abs(b).max() <= bound and abs(b.std() / want_std - 1) < 0.1, layer
+        elif scheme == "haiku":
+            # hk.Linear: TruncatedNormal(stddev=1/sqrt(fan_in)), cut at 2 std, not rescaled.
+            want_std, dist = TRUNCNORM_STD * bound, scipy.stats.truncnorm(-2.0, 2.0)
+            assert np.all(b == 0), layer
+        else:
+            # Flax lecun_normal: truncated at 2 std and rescaled to std 1/sqrt(fan_in).
+            want_std = bound
+            dist = scipy.stats.truncnorm(-2.0, 2.0, scale=1.0 / TRUNCNORM_STD)
+            assert np.all(b == 0), layer
+        assert abs(w.std() / want_std - 1) < 0.01, (layer, w.std(), want_std)
+        assert abs(w.mean()) < 0.01 * bound, layer
+        assert scipy.stats.kstest(sample, dist.cdf).pvalue > 1e-4, layer
 
 
 def test_vit_initialisation_matches_timm(tiny_vit):

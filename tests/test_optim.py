@@ -592,3 +592,182 @@ def test_lr_schedule_rejects_bad_steps(kwargs, match):
 def test_tau_schedule_rejects_bad_tau(tau_base):
     with pytest.raises(ValueError, match="tau_base"):
         optim.byol_tau_schedule(tau_base, 100)
+
+
+# ----------------------------------------------------------------------------------------------
+# solo-learn's LARS (clip_lr) and per-group rates
+# ----------------------------------------------------------------------------------------------
+
+
+def np_solo_learn_lars_step(p, g, *, lr, wd, eta, clip, excluded, eps=1e-8):
+    """solo-learn's LARS.step (solo/utils/lars.py) on one tensor, before momentum."""
+    if excluded:  # exclude_bias_n_norm: neither weight decay nor adaptation
+        return g
+    p_norm, g_norm = np.linalg.norm(p), np.linalg.norm(g)
+    if p_norm == 0 or g_norm == 0:
+        return g
+    ratio = eta * p_norm / (g_norm + p_norm * wd + eps)
+    if clip:
+        ratio = min(ratio / lr, 1.0) if lr > 0 else 1.0  # torch: x / 0.0 = inf, min(inf, 1) = 1
+    return (g + wd * p) * ratio
+
+
+def _solo_learn_case():
+    """Params and gradients where clip_lr binds for some leaves and steps and not for others."""
+    params = small_params()
+    grads_seq = random_grads(params, 6, seed=7)
+    # Tiny gradients on one kernel: its ratio eta*|p|/|g| ~ 2 exceeds the rate, so it is clipped.
+    for g in grads_seq:
+        g["dense"]["kernel"] = 0.01 * g["dense"]["kernel"]
+    return params, grads_seq
+
+
+@pytest.mark.parametrize("clip", [True, False])
+def test_solo_learn_lars_matches_numpy_reference_over_changing_lr(clip):
+    params, grads_seq = _solo_learn_case()
+    wd, eta, m = 1e-2, 0.02, 0.9
+    kw = dict(global_batch=256, total_steps=8, warmup_steps=3)
+    cfg = dict(
+        name="lars",
+        base_lr=1.0,
+        weight_decay=wd,
+        momentum=m,
+        eta=eta,
+        lars_form="solo_learn",
+        clip_lr=clip,
+    )
+    tx, _ = optim.build_optimizer(cfg, params, **kw)
+    updates, final = run_tx(tx, params, grads_seq)
+
+    lrs = [np_lr(k, base_lr=1.0, batch=256, total=8, warmup=3) for k in range(len(grads_seq))]
+    assert lrs[0] == 0.0 and len(set(lrs)) == len(lrs)  # starts at 0, changes every step
+    p = flat(params)
+    buf = {k: np.zeros_like(x) for k, x in p.items()}
+    clipped, unclipped = 0, 0
+    for step, grads in enumerate(grads_seq):
+        g = flat(grads)
+        for k in p:
+            d = np_solo_learn_lars_step(
+                p[k], g[k], lr=lrs[step], wd=wd, eta=eta, clip=clip, excluded=is_excluded(k)
+            )
+            if not is_excluded(k) and np.linalg.norm(p[k]) > 0 and lrs[step] > 0:
+                raw = (
+                    eta * np.linalg.norm(p[k]) / (np.linalg.norm(g[k]) + wd * np.linalg.norm(p[k]))
+                )
+                clipped += raw / lrs[step] > 1
+                unclipped += raw / lrs[step] < 1
+            buf[k] = m * buf[k] + d
+            np.testing.assert_allclose(
+                updates[step][k], -lrs[step] * buf[k], rtol=2e-5, atol=1e-8, err_msg=f"{step} {k}"
+            )
+            p[k] = p[k] - lrs[step] * buf[k]
+    assert clipped > 0 and unclipped > 0  # both regimes of the clip were exercised
+    assert_trees_close(final, p)
+    # The zero-initialised kernel takes plain momentum SGD steps (no decay, no ratio).
+    np.testing.assert_allclose(
+        updates[1]["head/kernel"],
+        -lrs[1] * (m * flat(grads_seq[0])["head/kernel"] + flat(grads_seq[1])["head/kernel"]),
+        rtol=1e-5,
+    )
+
+
+def test_solo_learn_lars_clip_caps_the_step_at_the_global_rate():
+    """With clip_lr the first step of an adapted tensor is min(eta|p|/(|g|+wd|p|), lr) long."""
+    params, grads_seq = _solo_learn_case()
+    lr, wd, eta = 0.5, 1e-3, 0.02
+    tx = optim.solo_learn_lars(
+        lr, weight_decay=wd, momentum=0.9, eta=eta, clip_lr=True, adapt_mask=decay_mask(params)
+    )
+    updates, _ = run_tx(tx, params, grads_seq[:1])
+    p, g = flat(params), flat(grads_seq[0])
+    for k in ("conv/kernel", "dense/kernel"):
+        pn, gn = np.linalg.norm(p[k]), np.linalg.norm(g[k])
+        step = min(eta * pn / (gn + wd * pn + 1e-8), lr)
+        want = step * np.linalg.norm(g[k] + wd * p[k])
+        assert np.linalg.norm(updates[0][k]) == pytest.approx(want, rel=1e-5), k
+    # dense/kernel is the clipped one: its step equals the global rate times |g + wd p|.
+    assert eta * np.linalg.norm(p["dense/kernel"]) / np.linalg.norm(g["dense/kernel"]) > lr
+
+
+def test_lr_multipliers_scale_the_whole_schedule_of_their_group():
+    """Barlow Twins' main.py: biases and BN at lr_biases, weights at lr_weights, one schedule."""
+    params = small_params()
+    steps, wd, m, eta = 5, 1e-2, 0.9, 1e-3
+    mult = 0.0048 / 0.2
+    cfg = dict(
+        name="lars",
+        base_lr=0.2,
+        weight_decay=wd,
+        momentum=m,
+        eta=eta,
+        final_lr=0.2 * 2048 / 256 * 1e-3,
+        lr_multipliers=((r"(bias|scale)$", mult),),
+    )
+    tx, sched = optim.build_optimizer(
+        cfg, params, global_batch=2048, total_steps=steps, warmup_steps=2
+    )
+    grads_seq = random_grads(params, steps, seed=8)
+    updates, final = run_tx(tx, params, grads_seq)
+    p = flat(params)
+    buf = {k: np.zeros_like(x) for k, x in p.items()}
+    for step, grads in enumerate(grads_seq):
+        g = flat(grads)
+        # main.py adjust_learning_rate: lr = base * q + end * (1 - q), end = base * 0.001.
+        base = np_lr(step, base_lr=1.0, batch=2048, total=steps, warmup=2, final=2048 / 256e3)
+        for k in p:
+            lr = base * (0.0048 if is_excluded(k) else 0.2)
+            d = np_lars_preconditioned(p[k], g[k], wd=wd, eta=eta, excluded=is_excluded(k))
+            buf[k] = m * buf[k] + d
+            np.testing.assert_allclose(
+                updates[step][k], -lr * buf[k], rtol=2e-5, atol=1e-9, err_msg=f"{step} {k}"
+            )
+            p[k] = p[k] - lr * buf[k]
+        # The logged schedule is the weights' one.
+        assert float(sched(step)) == pytest.approx(base * 0.2, rel=1e-5, abs=1e-9)
+    assert_trees_close(final, p)
+
+
+def test_lr_multiplier_combines_with_fixed_lr_and_first_match_wins():
+    params = _two_group_params()
+    cfg = dict(
+        name="sgd",
+        base_lr=0.05,
+        momentum=0.0,
+        fixed_lr=("^predictor/",),
+        lr_multipliers=((r"^predictor/dense/bias$", 0.5), (r"bias$", 0.1)),
+    )
+    tx, _ = optim.build_optimizer(cfg, params, global_batch=512, total_steps=4, warmup_steps=0)
+    grads_seq = random_grads(params, 2, seed=9)
+    updates, _ = run_tx(tx, params, grads_seq)
+    for step in range(2):
+        g = flat(grads_seq[step])
+        sched = np_lr(step, base_lr=0.05, batch=512, total=4, warmup=0)
+        expected = {
+            "backbone/dense/kernel": sched,
+            "backbone/dense/bias": 0.1 * sched,
+            "projector/bn/scale": sched,
+            "projector/bn/bias": 0.1 * sched,
+            "predictor/dense/kernel": 0.1,
+            "predictor/dense/bias": 0.5 * 0.1,
+        }
+        for path, want in expected.items():
+            np.testing.assert_allclose(
+                -updates[step][path] / g[path], want, rtol=1e-5, err_msg=path
+            )
+
+
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        (dict(clip_lr=True), "clip_lr is solo-learn's LARS option"),
+        (dict(name="sgd", clip_lr=True, lars_form="solo_learn"), "clip_lr is solo-learn's"),
+        (dict(lars_form="lars"), "lars_form must be one of"),
+        (dict(lr_multipliers=(r"bias$", 0.5)), r"\(regex, multiplier\) pairs"),
+        (dict(lr_multipliers=((r"bias$", -0.5),)), "multiplier"),
+        (dict(lr_multipliers=((r"^nothing/", 0.5),)), r"lr_multipliers\[0\]: pattern"),
+    ],
+)
+def test_build_optimizer_rejects_bad_lars_and_group_fields(net_params, overrides, match):
+    cfg = {**_GOOD, **overrides}
+    with pytest.raises(ValueError, match=match):
+        optim.build_optimizer(cfg, net_params, global_batch=256, total_steps=10, warmup_steps=1)

@@ -19,6 +19,7 @@ from param_compare import assert_params_close
 from PIL import Image
 
 from ssljax import config_schema, methods, sharding, train
+from ssljax.models.siamese import SiameseNetwork
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 METHOD_NAMES = sorted(methods.METHODS)
@@ -255,6 +256,7 @@ def test_main_on_digits_writes_logs_and_checkpoints_then_resumes(tmp_path, capsy
     config.knn.every_epochs = 0.0
     config.knn.k = 5
     caplog.set_level(logging.DEBUG)
+    config.knn.bn_calibration_batches = 2  # the digits preset measures the calibrated init
     out = train.train_and_evaluate(config, str(workdir))
     # Default output says what the start-up does; the loader's lines are for --verbosity=1.
     info = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
@@ -266,6 +268,7 @@ def test_main_on_digits_writes_logs_and_checkpoints_then_resumes(tmp_path, capsy
     assert np.isfinite(out["loss"]) and 0.0 <= out["knn_top1"] <= 1.0
     assert list(workdir.glob("events.out.tfevents.*"))
     rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["step"] == 0 and rows[0]["knn_init_bn_calibration_batches"] == 2
     assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4, 5, 6]
     # The input-wait share of each log interval: recorded and shown on the progress line.
     shares = [r["input_wait_share"] for r in rows if "input_wait_share" in r]
@@ -290,6 +293,43 @@ def test_main_on_digits_writes_logs_and_checkpoints_then_resumes(tmp_path, capsy
     train.train_and_evaluate(config, str(workdir))
     assert (workdir / "summary.json").read_text() == summary
     assert any("Already finished at step 8" in r.getMessage() for r in caplog.records)
+
+
+def test_calibrated_batch_stats_are_those_of_the_training_batches(cifar_batch):
+    """Re-estimated on one batch again and again, eval-mode BN reproduces train-mode BN on it."""
+    config = small_config("byol")
+    for view in (config.augment.view1, config.augment.view2):
+        # Deterministic views, so that every calibration batch is the same batch.
+        view.update(
+            crop_scale=(1.0, 1.0),
+            crop_ratio=(1.0, 1.0),
+            flip_prob=0.0,
+            jitter_prob=0.0,
+            grayscale_prob=0.0,
+            blur_prob=0.0,
+            solarize_prob=0.0,
+        )
+    comps, state, _ = build(config)
+    images = jnp.asarray(cifar_batch["image"])
+    # 60 batches of 2 views: the initial statistics weigh 0.9 ** 120 = 3e-6.
+    calibrated = train.estimate_batch_stats(
+        comps, state, iter([images] * 60), jax.random.PRNGKey(3)
+    )
+    x = comps.augment_fn(jax.random.PRNGKey(4), images)[0]
+
+    def features(batch_stats, train_mode):
+        variables = {"params": state.params, "batch_stats": batch_stats}
+        if train_mode:
+            out, _ = comps.online_net.apply(variables, x, train=True, mutable=["batch_stats"])
+            return np.asarray(out["features"])
+        return np.asarray(comps.online_net.apply(variables, x, method=SiameseNetwork.features))
+
+    want = features(state.batch_stats, train_mode=True)
+    np.testing.assert_allclose(features(calibrated.batch_stats, False), want, rtol=1e-3, atol=1e-4)
+    # With the initial statistics (mean 0, variance 1) evaluation mode is far from it.
+    assert np.abs(features(state.batch_stats, False) - want).max() > 0.1
+    same = jax.tree.map(lambda a, b: bool(np.array_equal(a, b)), calibrated.params, state.params)
+    assert all(jax.tree.leaves(same)), "calibration must not change the parameters"
 
 
 def test_summary_line_reports_knn_against_initialisation():

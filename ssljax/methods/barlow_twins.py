@@ -25,10 +25,13 @@ def barlow_twins_method_loss(
     Args:
       online: per-view outputs with a ``'projection'`` entry.
       target: must be ``None``.
-      method_config: ``lambd`` (paper: 5e-3).
+      method_config: ``lambd`` (paper: 5e-3) and ``scale_loss`` (default 1: the official
+        code's current main.py has none; solo-learn's CIFAR barlow.yaml uses 0.1), a constant
+        factor on the whole loss (and so on every gradient), as solo-learn's
+        ``barlow_loss_func`` applies it.
 
     Returns:
-      The loss and its on- and off-diagonal terms.
+      The scaled loss and its unscaled on- and off-diagonal terms.
     """
     if target is not None or len(online) != 2:
         raise ValueError("Barlow Twins takes two views and no target branch.")
@@ -36,7 +39,7 @@ def barlow_twins_method_loss(
     loss, terms = losses.barlow_twins_loss(
         online[0]["projection"], online[1]["projection"], lambd=cfg.get("lambd", 5e-3)
     )
-    return loss, dict(terms)
+    return loss * cfg.get("scale_loss", 1.0), dict(terms)
 
 
 BARLOW_TWINS = base.Method(

@@ -24,12 +24,25 @@ from it line by line (biases included, since they count as parameters and get we
   each view's projection is part of the loss (the cross-correlation of standardised
   embeddings), not of the projector.
 
-Initialisation is Flax's default for ``Dense`` (LeCun normal, zero bias), which is BYOL's Haiku
-default up to the truncation correction; PyTorch's default is uniform with a third of that
-variance. A BatchNorm follows every hidden Dense, so only the scale of a head's last layer
-depends on this choice.
+Initialisation of the Dense layers (``MLP.init_scheme``, the config's ``heads.init``), fan_in being
+the layer's input width:
+
+* ``'flax'``: Flax's default, LeCun normal (truncated at 2 std and rescaled so that the std is
+  1/sqrt(fan_in)), zero bias.
+* ``'torch'``: PyTorch's ``nn.Linear.reset_parameters``: the weight
+  ``kaiming_uniform_(a=sqrt(5))``, i.e. U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (std
+  1/sqrt(3 fan_in)), and the bias U(-1/sqrt(fan_in), 1/sqrt(fan_in)). The official SimSiam,
+  VICReg and Barlow Twins codes and solo-learn build their heads from ``nn.Linear`` with it.
+* ``'haiku'``: ``hk.Linear``'s default, ``TruncatedNormal(stddev=1/sqrt(fan_in))``: a normal
+  truncated at 2 std *without* the rescaling (std 0.88/sqrt(fan_in)), zero bias. The official
+  BYOL's ``MLP`` (byol/utils/networks.py) uses it.
+
+A BatchNorm follows every hidden Dense, so under a scale-invariant optimizer (LARS) only the
+last layer's scale matters; under SGD (SimSiam) the relative step size ||lr g|| / ||w|| of
+every layer depends on it (the weights are 1.7x larger with 'flax' than with 'torch').
 """
 
+import math
 import numbers
 from collections.abc import Sequence
 from typing import Any
@@ -39,6 +52,43 @@ import jax
 import jax.numpy as jnp
 
 from ssljax.models.resnet import BN_EPSILON, BN_MOMENTUM, check_compute_dtype
+
+# The values of `MLP.init_scheme` (module docstring).
+HEAD_INITS = ("flax", "torch", "haiku")
+
+
+def _uniform(bound: float) -> nn.initializers.Initializer:
+    def init(key: jax.Array, shape: Sequence[int], dtype: Any = jnp.float32) -> jax.Array:
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+def dense_inits(scheme: str, fan_in: int) -> dict[str, nn.initializers.Initializer]:
+    """The ``kernel_init`` and ``bias_init`` of a Dense layer under an init scheme.
+
+    Args:
+      scheme: A key of ``HEAD_INITS``.
+      fan_in: The layer's input width.
+
+    Returns:
+      ``{'kernel_init': ..., 'bias_init': ...}`` for ``nn.Dense``.
+
+    Raises:
+      ValueError: On an unknown scheme.
+    """
+    bound = 1.0 / math.sqrt(fan_in)
+    if scheme == "flax":
+        return {"kernel_init": nn.initializers.lecun_normal(), "bias_init": nn.initializers.zeros}
+    if scheme == "torch":
+        # kaiming_uniform_(a=sqrt(5)): gain sqrt(2 / (1 + 5)), bound gain * sqrt(3 / fan_in).
+        return {"kernel_init": _uniform(bound), "bias_init": _uniform(bound)}
+    if scheme == "haiku":
+        return {
+            "kernel_init": nn.initializers.truncated_normal(stddev=bound, lower=-2.0, upper=2.0),
+            "bias_init": nn.initializers.zeros,
+        }
+    raise ValueError(f"Unknown head init {scheme!r}; known: {HEAD_INITS}.")
 
 
 class MLP(nn.Module):
@@ -55,6 +105,7 @@ class MLP(nn.Module):
       output_bn_affine: Give the output BatchNorm learned scale and bias (SimSiam: False).
       use_bias: Bias in the hidden Dense layers.
       output_use_bias: Bias in the output Dense layer; ``None`` means ``use_bias``.
+      init_scheme: Initialisation of the Dense layers, one of ``HEAD_INITS`` (module docstring).
       dtype: Compute dtype; parameters and BN statistics are float32, the output is float32.
     """
 
@@ -64,6 +115,7 @@ class MLP(nn.Module):
     output_bn_affine: bool = True
     use_bias: bool = True
     output_use_bias: bool | None = None
+    init_scheme: str = "flax"
     dtype: Any = jnp.float32
 
     def __post_init__(self) -> None:
@@ -75,6 +127,10 @@ class MLP(nn.Module):
                 f"hidden_dims={self.hidden_dims!r}, output_dim={self.output_dim!r}."
             )
         check_compute_dtype(self.dtype, model="MLP")
+        if self.init_scheme not in HEAD_INITS:
+            raise ValueError(
+                f"MLP: `init_scheme` must be one of {HEAD_INITS}; got {self.init_scheme!r}."
+            )
         # A tuple keeps the module hashable (jit static arguments) when a config passes a list.
         object.__setattr__(self, "hidden_dims", tuple(int(d) for d in self.hidden_dims))
         super().__post_init__()
@@ -119,6 +175,7 @@ class MLP(nn.Module):
                 dtype=self.dtype,
                 param_dtype=jnp.float32,
                 name=f"dense_{i}",
+                **dense_inits(self.init_scheme, y.shape[-1]),
             )(y)
             y = nn.relu(self._bn(train, f"bn_{i}")(y))
         last = len(self.hidden_dims)
@@ -129,6 +186,7 @@ class MLP(nn.Module):
             dtype=self.dtype,
             param_dtype=jnp.float32,
             name=f"dense_{last}",
+            **dense_inits(self.init_scheme, y.shape[-1]),
         )(y)
         if self.output_bn:
             y = self._bn(train, f"bn_{last}", affine=self.output_bn_affine)(y)
@@ -209,7 +267,11 @@ def create_head(method: str, role: str, *, dtype: Any = jnp.float32, **overrides
             f"`role` {role!r} is not a head of {method!r}; "
             f"it has {sorted(PUBLISHED_HEADS[method])}."
         )
-    allowed = set(PUBLISHED_HEADS["simsiam"]["projector"]) | {"hidden_dims", "output_dim"}
+    allowed = set(PUBLISHED_HEADS["simsiam"]["projector"]) | {
+        "hidden_dims",
+        "output_dim",
+        "init_scheme",
+    }
     unknown = sorted(set(overrides) - allowed)
     if unknown:
         raise ValueError(f"Unknown MLP override(s) {unknown}; allowed: {sorted(allowed)}.")
