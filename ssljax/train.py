@@ -675,6 +675,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     )
     if loader_state is not None:
         train_loader.set_state(loader_state)
+    logging.info(
+        "Input: %d loader worker process(es) (%s).",
+        train_loader.num_workers,
+        train_loader.workers_reason,
+    )
     batches = data.device_prefetch(train_loader, data_sharding, size=2)
 
     # --- The step: compiled once, state donated so its buffers are reused in place. -----------

@@ -262,6 +262,8 @@ def test_main_on_digits_writes_logs_and_checkpoints_then_resumes(tmp_path, capsy
     info = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
     assert "kNN at initialisation: 1,797 images..." in info
     assert "Compiling the train step (the first progress line follows)..." in info
+    # The loader's worker count (automatic by default) is said once, with the reason.
+    assert any(m.startswith("Input: 0 loader worker process(es) (auto: digits") for m in info)
     assert not [m for m in info if "epoch 0 begins" in m or "steps per epoch" in m]
     debug = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
     assert "digits/train: epoch 0 begins (step 0)" in debug

@@ -298,6 +298,8 @@ class LoaderIterator:
     ):
         self._reader = reader
         self._num_workers = num_workers
+        # Why this many workers (``data.num_workers`` as configured, or the automatic choice).
+        self.workers_reason = "as configured"
         self._fingerprint = fingerprint
         self._total_steps = None if num_epochs is None else num_epochs * reader.steps_per_epoch
         self._step = 0
@@ -564,6 +566,8 @@ def make_loader(
         num_workers,
         workers_reason,
     )
-    return LoaderIterator(
+    loader = LoaderIterator(
         reader, num_epochs=num_epochs, num_workers=num_workers, fingerprint=fingerprint
     )
+    loader.workers_reason = workers_reason
+    return loader
