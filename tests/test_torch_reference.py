@@ -1,0 +1,345 @@
+"""The PyTorch reference (benchmarks/torch_reference.py) computes ssljax's train step.
+
+From the same initial weights (ssljax's, converted with ``state_dict_from_ssljax``) and the same
+fixed batch of two pre-normalised views (no augmentation on either side), two steps of
+``ssljax.train.make_train_step`` and two steps of the reference's ``Trainer`` must give the same
+losses, online parameters, BatchNorm statistics and (BYOL) target parameters, for each method.
+
+The settings are chosen so that every mechanism leaves a visible trace in two steps: no warm-up
+and a 4-step cosine, so the rate changes between the steps (the momentum/rate ordering of LARS
+and SGD and the fixed predictor rate of SimSiam show); updates of about 1% of each tensor
+(large rates, LARS eta 0.02); tau_base 0.5 for BYOL, so the target moves by half the update.
+
+Tolerances. Both sides compute in float32 with different kernels (XLA vs oneDNN convolutions,
+other summation orders), which agree to ~1e-6 relative per operation; through two steps of
+BatchNorm at batch 16 these differences grow to ~1e-4 of a tensor's update. So:
+
+* losses: relative 1e-4 (measured: ~1e-6);
+* each parameter tensor's two-step update ``p_2 - p_0``: ``||d_torch - d_jax|| / ||d_jax||`` at
+  most 2e-3 (measured: below ~3e-4). Comparing updates rather than parameters keeps the test
+  scale-free: a parameter that moves 1% would hide a 10% error of its update in a 1e-3
+  relative parameter tolerance, and the update is what an implementation bug changes;
+* BatchNorm running statistics likewise, after PyTorch's convention is undone: PyTorch
+  averages the unbiased batch variance (n / (n - 1) times Flax's biased one), so with w0 =
+  0.9^updates the weight left on the initial variance 1, ``var_torch - w0 = (var_flax - w0) *
+  n / (n - 1)`` exactly, n being the elements per channel of that layer's input.
+
+``test_deviations_are_caught`` shows that the tolerances are tight enough: a target EMA taken
+before the optimizer step, optax's LARS ordering (rate inside the momentum), PyTorch BatchNorm
+given Flax's momentum 0.9, and a SimSiam predictor on the cosine schedule each exceed them by
+far more than 10x.
+"""
+
+import contextlib
+import copy
+import dataclasses
+import functools
+import math
+import pathlib
+import sys
+import types
+
+import jax
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from ssljax import config_schema, train  # noqa: E402
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "benchmarks"))
+import torch_reference  # noqa: E402
+import torch_yardstick  # noqa: E402
+
+BATCH = 16
+SIZE = 32
+STEPS = 2
+LOSS_RTOL = 1e-5
+UPDATE_RTOL = 3e-3
+NOISE_FLOOR = 1e-5
+CONFIG_FILES = {
+    "byol": "byol.py",
+    "simsiam": "simsiam.py",
+    "vicreg": "vicreg.py",
+    "barlow_twins": "barlow_twins.py",
+}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _fast_compiles():
+    # Compile time dominates; XLA's optimisation passes are not what is tested.
+    jax.config.update("jax_disable_most_optimizations", True)
+    yield
+    jax.config.update("jax_disable_most_optimizations", False)
+
+
+def small_config(method: str):
+    """The method's ``cifar10_cpu`` recipe on a tiny ResNet and heads, for a 2-step test."""
+    c = config_schema.load_config(f"{REPO / 'configs' / CONFIG_FILES[method]}:cifar10_cpu")
+    c.model.backbone = "resnet_tiny"  # one block per stage, width 0.25 (16 base channels)
+    c.global_batch = BATCH
+    c.num_steps = 4
+    c.warmup_epochs = 0.0
+    c.heads.projector_hidden = (64,) if method in ("byol", "simsiam") else (64, 64)
+    # VICReg's and Barlow Twins' covariance and cross-correlation are rank-deficient when the
+    # batch is smaller than the dimension, and their second-step gradients then so sensitive
+    # that float32 rounding of the first update alone moves them by ~1%: keep d < batch.
+    c.heads.projector_dim = 32 if method in ("byol", "simsiam") else 8
+    c.heads.predictor_hidden = (16,) if method == "simsiam" else (64,)
+    c.heads.predictor_dim = 32
+    c.optimizer.base_lr = 8.0  # peak 0.5 at batch 16
+    if c.optimizer.name == "lars":
+        c.optimizer.eta = 0.02
+    c.tau_base = 0.5
+    return c
+
+
+def fake_info():
+    return types.SimpleNamespace(
+        name="fixed_views",
+        num_classes=10,
+        split_sizes={"train": 1000, "test": 100},
+        image_shape=(SIZE, SIZE, 3),
+        mean=(0.5, 0.5, 0.5),
+        std=(0.25, 0.25, 0.25),
+        class_names=None,
+    )
+
+
+def fixed_batch():
+    rng = np.random.default_rng(0)
+    return {
+        "image": rng.standard_normal((BATCH, 2, SIZE, SIZE, 3), dtype=np.float32),
+        "label": rng.integers(0, 10, (BATCH,), dtype=np.int32),
+    }
+
+
+def _flat(tree, prefix=""):
+    out = {}
+    for k, v in tree.items():
+        path = f"{prefix}/{k}" if prefix else k
+        out.update(_flat(v, path) if isinstance(v, dict) else {path: np.asarray(v)})
+    return out
+
+
+def run_ssljax(method: str) -> dict:
+    """Initial variables and the variables and losses after each of STEPS steps."""
+    config = small_config(method)
+    comps = train.build_components(config, fake_info(), num_train_examples=1000)
+    comps = dataclasses.replace(comps, augment_fn=lambda rng, images: (images[:, 0], images[:, 1]))
+    state = train.init_state(comps, config, jax.random.PRNGKey(0))
+    step = jax.jit(train.make_train_step(comps, config))
+
+    def variables(s):
+        return jax.device_get(
+            {
+                "params": s.params,
+                "batch_stats": s.batch_stats,
+                "target_params": s.target_params,
+                "target_batch_stats": s.target_batch_stats,
+            }
+        )
+
+    history, losses = [variables(state)], []
+    batch = fixed_batch()
+    for _ in range(STEPS):
+        state, metrics = step(state, batch)
+        losses.append(float(metrics["loss"]))
+        history.append(variables(state))
+    return {
+        "config": config,
+        "total_steps": comps.total_steps,
+        "warmup_steps": comps.warmup_steps,
+        "history": history,
+        "losses": losses,
+    }
+
+
+@pytest.fixture(scope="module")
+def ssljax_runs():
+    cache = {}
+
+    def get(method):
+        if method not in cache:
+            cache[method] = run_ssljax(method)
+        return cache[method]
+
+    return get
+
+
+def _load(module, params, batch_stats):
+    state = torch_reference.state_dict_from_ssljax(params, batch_stats)
+    module.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state.items()})
+
+
+def run_torch(ref: dict, mutation: str | None = None, dtype=torch.float64):
+    """STEPS reference steps from ssljax's initial variables; ``mutation`` plants a bug."""
+    config = ref["config"]
+    init = ref["history"][0]
+    online, target, _ = torch_yardstick.build_torch_modules(config, 10)
+    _load(online, init["params"], init["batch_stats"])
+    online.to(dtype).train()
+    if target is not None:
+        _load(target, init["target_params"], init["target_batch_stats"])
+        target.to(dtype).train()
+    trainer = torch_reference.Trainer(
+        config,
+        online,
+        target,
+        total_steps=ref["total_steps"],
+        warmup_steps=ref["warmup_steps"],
+        autocast=contextlib.nullcontext,
+    )
+    if mutation == "bn_momentum_0.9":
+        for m in [*online.modules(), *(target.modules() if target is not None else [])]:
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.momentum = 0.9
+    if mutation == "optax_lars_ordering":
+        lars = trainer.optimizer.impl
+
+        def optax_step(lr, fixed_lr=None):  # v = m v + lr g; p -= v
+            with torch.no_grad():
+                for p, adapt, _, v in lars.entries:
+                    g = p.grad
+                    if adapt:
+                        g = g.add(p, alpha=lars.weight_decay)
+                        ratio = lars.eta * torch.linalg.vector_norm(p) / torch.linalg.vector_norm(g)
+                        g = g * ratio
+                    v.mul_(lars.momentum).add_(g, alpha=lr)
+                    p.sub_(v)
+
+        lars.step = optax_step
+    if mutation == "scheduled_predictor":
+        for group in trainer.optimizer.impl.param_groups:
+            group["fixed"] = False
+    views = [
+        torch.from_numpy(fixed_batch()["image"][:, v]).permute(0, 3, 1, 2).to(dtype) for v in (0, 1)
+    ]
+    losses = []
+    for k in range(STEPS):
+        loss, _ = trainer.loss_and_grads(views)
+        if mutation == "ema_before_update":
+            trainer.ema_update(k)
+            trainer.optimizer_step(k)
+        else:
+            trainer.optimizer_step(k)
+            trainer.ema_update(k)
+        losses.append(float(loss))
+    return online, target, losses
+
+
+def _elements_per_channel(net, view) -> dict[str, int]:
+    """n of each BatchNorm's statistics: the elements per channel of its input."""
+    net = copy.deepcopy(net).train()  # the forward updates the copy's statistics only
+    counts, hooks = {}, []
+
+    def count(module, inputs, name):
+        counts.setdefault(name, inputs[0].numel() // inputs[0].shape[1])
+
+    for name, m in net.named_modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            hooks.append(m.register_forward_pre_hook(functools.partial(count, name=name)))
+    with torch.no_grad():
+        torch_reference.Trainer.forward(net, view)
+    for h in hooks:
+        h.remove()
+    return counts
+
+
+def update_errors(ref: dict, online, target) -> dict[str, float]:
+    """Relative error of every tensor's STEPS-step update (and of BN statistics)."""
+    init, final = ref["history"][0], ref["history"][-1]
+    views = [torch.from_numpy(fixed_batch()["image"][:, v]).permute(0, 3, 1, 2) for v in (0, 1)]
+    errors = {}
+    nets = [("", online, "params", "batch_stats")]
+    if target is not None:
+        nets.append(("target:", target, "target_params", "target_batch_stats"))
+    for tag, net, pkey, skey in nets:
+        start = torch_reference.state_dict_from_ssljax(init[pkey], init[skey])
+        want = torch_reference.state_dict_from_ssljax(final[pkey], final[skey])
+        counts = _elements_per_channel(net, views[0].to(next(net.parameters()).dtype))
+        got = {k: v.detach().double().numpy() for k, v in net.state_dict().items()}
+        for name, w in want.items():
+            if name.endswith("num_batches_tracked"):
+                continue
+            g, s = got[name].astype(np.float64), start[name].astype(np.float64)
+            w = w.astype(np.float64)
+            if name.endswith("running_var"):
+                # Undo PyTorch's unbiased variance: see the module docstring.
+                n = counts[name.rsplit(".", 1)[0]]
+                w0 = 0.9 ** (2 * STEPS)
+                w = w0 + (w - w0) * n / (n - 1)
+            want_update, got_update = w - s, g - s
+            scale = np.linalg.norm(want_update)
+            if scale < NOISE_FLOOR:
+                # A Dense bias before a BatchNorm: its exact gradient is 0 (BN removes any
+                # constant), so both updates are rounding noise; both must stay that small.
+                errors[tag + name] = float(np.linalg.norm(got_update) / NOISE_FLOOR) * UPDATE_RTOL
+                continue
+            errors[tag + name] = float(np.linalg.norm(got_update - want_update) / scale)
+    return errors
+
+
+@pytest.mark.slow  # ~20 s per method on an idle 2-core CPU, mostly XLA's compilation
+@pytest.mark.parametrize("method", ["byol", "simsiam", "vicreg", "barlow_twins"])
+def test_two_steps_match_ssljax(method, ssljax_runs):
+    ref = ssljax_runs(method)
+    online, target, losses = run_torch(ref)
+    np.testing.assert_allclose(losses, ref["losses"], rtol=LOSS_RTOL)
+    # The loss changed between the steps: the first update mattered.
+    assert abs(ref["losses"][1] - ref["losses"][0]) > 100 * LOSS_RTOL * abs(ref["losses"][0])
+    errors = update_errors(ref, online, target)
+    worst = max(errors, key=errors.get)
+    assert errors[worst] < UPDATE_RTOL, f"{worst}: relative update error {errors[worst]:.2e}"
+    expected = {torch_yardstick.flax_path(n) for n, _ in online.named_parameters()}
+    assert len(expected) == len(_flat(ref["history"][0]["params"]))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "method, mutation",
+    [
+        ("byol", "ema_before_update"),
+        ("byol", "optax_lars_ordering"),
+        ("byol", "bn_momentum_0.9"),
+        ("simsiam", "scheduled_predictor"),
+    ],
+)
+def test_deviations_are_caught(method, mutation, ssljax_runs):
+    ref = ssljax_runs(method)
+    online, target, _ = run_torch(ref, mutation)
+    errors = update_errors(ref, online, target)
+    assert max(errors.values()) > 10 * UPDATE_RTOL, f"{mutation} went unnoticed"
+
+
+def test_linear_protocol_is_ssljax_cifar_preset():
+    from ssljax import evaluate
+
+    lin = evaluate.eval_config("cifar").linear
+    for key, value in torch_reference.LINEAR_CIFAR.items():
+        assert tuple(lin[key]) == value if isinstance(value, tuple) else lin[key] == value, key
+    assert lin.optimizer == "sgd" and lin.schedule == "step" and lin.init == "uniform_fan_in"
+    assert lin.lr_batch_scaling and not lin.nesterov and not lin.standardize
+
+
+def test_schedules_match_ssljax():
+    from ssljax import optim
+
+    config = small_config("byol")
+    config.num_steps = 50
+    config.warmup_epochs = 0.2  # 20 steps of 100 per epoch at 1000 examples / batch 10
+    config.global_batch = 10
+    _, total, warmup = torch_reference.schedule_lengths(config, 1000)
+    assert (total, warmup) == (50, 20)
+    lr = optim.warmup_cosine_lr(8.0, global_batch=10, total_steps=total, warmup_steps=warmup)
+    tau = optim.byol_tau_schedule(0.5, total)
+    online, target, _ = torch_yardstick.build_torch_modules(config, 10)
+    trainer = torch_reference.Trainer(
+        config, online, target, total_steps=total, warmup_steps=warmup, autocast=None
+    )
+    peak = 8.0 * 10 / 256
+    for k in (0, 1, 19, 20, 21, 35, 49, 50, 60):
+        # ssljax evaluates the cosine in float32: agreement to float32 rounding of the peak.
+        assert math.isclose(trainer.lr(k), float(lr(k)), rel_tol=1e-6, abs_tol=1e-6 * peak), k
+        assert math.isclose(trainer.tau(k), float(tau(k)), rel_tol=1e-6), k
