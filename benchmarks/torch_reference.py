@@ -371,14 +371,10 @@ class ViewTransform:
     def __call__(self, x):
         """``x``: float ``[3, H, W]`` in [0, 1]; returns the normalised view."""
         import torch
-        import torch.nn.functional as F
 
         c = self.cfg
         top, left, h, w = crop_box(x.shape[1], x.shape[2], c["crop_scale"], c["crop_ratio"])
-        x = x[:, top : top + h, left : left + w]
-        if (h, w) != (self.size, self.size):
-            size = (self.size, self.size)
-            x = F.interpolate(x[None], size, mode="bilinear", antialias=True)[0].clamp(0.0, 1.0)
+        x = self.resize(x[:, top : top + h, left : left + w])
         if torch.rand(1).item() < c["flip_prob"]:
             x = x.flip(-1)
         if torch.rand(1).item() < c["jitter_prob"]:
@@ -390,6 +386,15 @@ class ViewTransform:
         if torch.rand(1).item() < c["solarize_prob"]:
             x = torch.where(x >= 0.5, 1.0 - x, x)
         return (x - self.mean) / self.std
+
+    def resize(self, x):
+        """Antialiased bilinear resize to ``output_size`` (torchvision's, PIL's kernel)."""
+        import torch.nn.functional as F
+
+        if tuple(x.shape[1:]) == (self.size, self.size):
+            return x
+        size = (self.size, self.size)
+        return F.interpolate(x[None], size, mode="bilinear", antialias=True)[0].clamp(0.0, 1.0)
 
     def color_jitter(self, x):
         """torchvision ``ColorJitter``: factors as ``get_params``, the four ops in random order."""

@@ -343,3 +343,110 @@ def test_schedules_match_ssljax():
         # ssljax evaluates the cosine in float32: agreement to float32 rounding of the peak.
         assert math.isclose(trainer.lr(k), float(lr(k)), rel_tol=1e-6, abs_tol=1e-6 * peak), k
         assert math.isclose(trainer.tau(k), float(tau(k)), rel_tol=1e-6), k
+
+
+# ----------------------------------------------------------------------------------------------
+# The reference's augmentations (torchvision's definitions) against ssljax.augment's.
+# ----------------------------------------------------------------------------------------------
+def _image(seed=0, size=32):
+    return np.random.default_rng(seed).uniform(0.0, 1.0, (size, size, 3)).astype(np.float32)
+
+
+def _chw(x):
+    return torch.from_numpy(x).permute(2, 0, 1)
+
+
+def _hwc(t):
+    return t.permute(1, 2, 0).numpy()
+
+
+@pytest.mark.parametrize("delta", [-0.5, -0.1, 0.03, 0.25, 0.5])
+def test_hue_matches_ssljax(delta):
+    from ssljax import augment
+
+    x = _image()
+    x[:4, :4] = 0.5  # grey pixels: no hue
+    x[4:8, :4] = x[4:8, :4, :1]  # ties between channels
+    got = _hwc(torch_reference.adjust_hue(_chw(x), delta))
+    np.testing.assert_allclose(got, np.asarray(augment.adjust_hue(x, delta)), atol=2e-6)
+
+
+def test_blends_match_ssljax():
+    from ssljax import augment
+
+    x = _image(1)
+    t = _chw(x)
+    gray = torch_reference._gray(t)
+    pairs = [
+        (torch_reference._blend(t, 0.0, 1.3), augment.adjust_brightness(x, 1.3)),
+        (torch_reference._blend(t, gray.mean(), 0.6), augment.adjust_contrast(x, 0.6)),
+        (torch_reference._blend(t, gray, 1.2), augment.adjust_saturation(x, 1.2)),
+        (gray.expand(3, -1, -1), augment.to_grayscale(x)),
+    ]
+    for got, want in pairs:
+        np.testing.assert_allclose(_hwc(got), np.asarray(want), atol=1e-6)
+
+
+@pytest.mark.parametrize("sigma", [0.1, 0.7, 2.0])
+def test_blur_matches_ssljax(sigma):
+    from ssljax import augment
+
+    x = _image(2)
+    radius = augment.blur_radius(32)
+    got = _hwc(torch_reference.gaussian_blur(_chw(x), sigma, radius))
+    want = np.asarray(augment.gaussian_blur(x, np.float32(sigma), radius))
+    np.testing.assert_allclose(got, want, atol=1e-6)
+
+
+@pytest.mark.parametrize("box", [(0, 0, 32, 32), (3, 5, 17, 11), (10, 0, 9, 30), (20, 20, 4, 4)])
+def test_resized_crop_matches_ssljax(box):
+    from ssljax import augment
+
+    x = _image(3)
+    view = dict(config_schema.VIEW_DEFAULTS, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0))
+    for key in ("flip_prob", "jitter_prob", "grayscale_prob", "blur_prob", "solarize_prob"):
+        view[key] = 0.0
+    transform = torch_reference.ViewTransform(view, 32, (0.0,) * 3, (1.0,) * 3)
+    top, left, h, w = box
+    got = _hwc(transform.resize(_chw(x)[:, top : top + h, left : left + w]))
+    want = np.asarray(augment.resized_crop(x, np.asarray(box), 32))
+    np.testing.assert_allclose(got, want, atol=2e-6)
+
+
+def test_view_without_randomness_is_normalisation():
+    view = dict(config_schema.VIEW_DEFAULTS, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0))
+    for key in ("flip_prob", "jitter_prob", "grayscale_prob", "blur_prob", "solarize_prob"):
+        view[key] = 0.0
+    mean, std = (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)
+    x = _image(4)
+    got = _hwc(torch_reference.ViewTransform(view, 32, mean, std)(_chw(x)))
+    np.testing.assert_allclose(got, (x - np.asarray(mean)) / np.asarray(std), atol=1e-6)
+
+
+def test_crop_boxes_follow_scale_and_ratio():
+    torch.manual_seed(0)
+    boxes = [torch_reference.crop_box(32, 32, (0.2, 0.6), (0.5, 2.0)) for _ in range(500)]
+    areas = np.array([h * w / 1024 for _, _, h, w in boxes])
+    ratios = np.array([w / h for _, _, h, w in boxes])
+    # Rounding h and w to integers moves area and ratio a little beyond the sampled bounds.
+    assert areas.min() > 0.15 and areas.max() < 0.68 and 0.36 < areas.mean() < 0.44
+    assert ratios.min() > 0.4 and ratios.max() < 2.5
+    assert all(t >= 0 and l >= 0 and t + h <= 32 and l + w <= 32 for t, l, h, w in boxes)
+    assert len({(t, l) for t, l, _, _ in boxes}) > 100  # positions vary
+
+
+def test_state_dict_conversion_is_exact():
+    config = small_config("simsiam")
+    comps = train.build_components(config, fake_info(), num_train_examples=1000)
+    variables = jax.device_get(
+        train._init_variables(comps.online_net, jax.random.PRNGKey(1), SIZE, fake_info())
+    )
+    online, _, _ = torch_yardstick.build_torch_modules(config, 10)
+    _load(online, variables["params"], variables["batch_stats"])  # strict: every key, once
+    x = fixed_batch()["image"][:, 0]
+    want = comps.online_net.apply(variables, x, train=False)
+    online.eval()
+    with torch.no_grad():
+        got = torch_reference.Trainer.forward(online, torch.from_numpy(x).permute(0, 3, 1, 2))
+    for key in ("features", "projection", "prediction"):
+        np.testing.assert_allclose(got[key].numpy(), np.asarray(want[key]), rtol=1e-4, atol=1e-5)
