@@ -77,13 +77,23 @@ TORCH_RESNETS = {
     "resnet_tiny": ((1, 1, 1, 1), "basic", "cifar", 0.25),
 }
 
-# Initialisations of the heads' Dense layers: Flax's default (ssljax's MLP), and PyTorch's.
-HEAD_INITS = ("lecun_normal", "torch_default")
+# Initialisations of the heads' Dense layers (ssljax's config.heads.init; 'flax' when the config
+# has no such field): see head_init_of.
+HEAD_INITS = ("flax", "torch", "haiku")
 
 
 def head_init_of(config) -> str:
-    """The head initialisation a config asks for (ssljax's Flax default when it names none)."""
-    init = config.heads.get("init", "lecun_normal")
+    """The head initialisation of ``config.heads.init`` (``'flax'`` when absent).
+
+    ``'flax'``: LeCun normal (a normal truncated at 2 std, rescaled to std 1/sqrt(fan_in)), zero
+    bias; ``'torch'``: ``nn.Linear``'s default, weight and bias U(+-1/sqrt(fan_in)); ``'haiku'``:
+    ``hk.Linear``'s, a normal truncated at 2 std of std 1/sqrt(fan_in) without the rescaling,
+    zero bias (``ssljax.models.heads.dense_inits``).
+
+    Raises:
+      ValueError: for another value.
+    """
+    init = config.heads.get("init", "flax")
     if init not in HEAD_INITS:
         raise ValueError(f"config.heads.init={init!r} has no PyTorch counterpart; use {HEAD_INITS}")
     return init
@@ -99,9 +109,8 @@ def build_torch_modules(config, num_classes: int):
     ``config.model.backbone_kwargs`` (``width``: base channels ``round(64 * width)``;
     ``zero_init_residual``). Initialisation as ssljax's: convolutions Kaiming-normal
     (fan_out, torchvision's), BatchNorm scale 1 (0 for the last BN of a residual branch with
-    ``zero_init_residual``) and bias 0, head ``Dense`` layers LeCun-normal truncated at two
-    standard deviations with zero biases (Flax's default), or PyTorch's ``nn.Linear`` default
-    with ``config.heads.init='torch_default'``.
+    ``zero_init_residual``) and bias 0, head ``Dense`` layers as ``config.heads.init``
+    (:func:`head_init_of`).
 
     Returns:
       ``(online, target, probe)``: ``online`` a ``ModuleDict`` with ``backbone``,
@@ -209,10 +218,10 @@ def build_torch_modules(config, num_classes: int):
             if out_bn:
                 setattr(self, f"bn_{self.depth}", nn.BatchNorm1d(out_dim, affine=out_bn_affine))
             for m in self.modules():
-                if isinstance(m, nn.Linear) and head_init == "lecun_normal":
-                    # Flax's lecun_normal: a normal truncated at +-2 std, rescaled so the
-                    # variance is 1 / fan_in (std / 0.8796...).
-                    std = (1.0 / m.in_features) ** 0.5 / 0.87962566103423978
+                if isinstance(m, nn.Linear) and head_init != "torch":
+                    std = (1.0 / m.in_features) ** 0.5
+                    if head_init == "flax":
+                        std /= 0.87962566103423978  # the std of a normal truncated at 2 std
                     nn.init.trunc_normal_(m.weight, std=std, a=-2 * std, b=2 * std)
                     if m.bias is not None:
                         nn.init.zeros_(m.bias)
@@ -365,7 +374,9 @@ def torch_loss(method: str, config, online_out, target_out):
         c = bn(za).T @ bn(zb) / n
         on_diag = torch.diagonal(c).add(-1).pow(2).sum()
         off_diag = (c - torch.diag(torch.diagonal(c))).pow(2).sum()
-        return on_diag + config.method_config.lambd * off_diag
+        # solo-learn's scale_loss (ssljax's method_config.scale_loss; 1 when absent).
+        scale = config.method_config.get("scale_loss", 1.0)
+        return scale * (on_diag + config.method_config.lambd * off_diag)
     raise ValueError(f"unknown method {method!r}")
 
 
@@ -382,41 +393,69 @@ class ByolLars:
 
     Per tensor ``p`` with gradient ``g``: where ``adapt`` (ssljax: not excluded from weight
     decay), ``g += wd p`` and ``g *= eta ||p|| / ||g||`` (1 when a norm is 0); then
-    ``v = m v + g`` and ``p -= lr v`` (``lr (g + m v)`` with Nesterov), ``lr`` the peak for
-    the tensors of a fixed-rate group.
+    ``v = m v + g`` and ``p -= lr v`` (``lr (g + m v)`` with Nesterov), ``lr`` the rate of
+    the tensor's group (:meth:`step`'s ``rates``).
     """
 
     def __init__(
-        self,
-        entries,
-        *,
-        weight_decay: float,
-        momentum: float,
-        eta: float,
-        nesterov: bool = False,
+        self, entries, *, weight_decay: float, momentum: float, eta: float, nesterov: bool = False
     ):
         import torch
 
-        self.entries = [(p, adapt, fixed, torch.zeros_like(p)) for p, adapt, fixed in entries]
+        # entries: (param, adapt, group) triples; `group` indexes step()'s rates.
+        self.entries = [(p, adapt, group, torch.zeros_like(p)) for p, adapt, group in entries]
         self.weight_decay, self.momentum, self.eta = weight_decay, momentum, eta
         self.nesterov = nesterov
 
-    def step(self, lr: float, fixed_lr: float | None = None) -> None:
+    def direction(self, p, g, adapt: bool, lr: float):
+        """The gradient after weight decay and the trust ratio (before momentum)."""
+        import torch
+
+        if not adapt:
+            return g
+        g = g.add(p, alpha=self.weight_decay)
+        p_norm, g_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(g)
+        return g * torch.where((p_norm > 0) & (g_norm > 0), self.eta * p_norm / g_norm, 1.0)
+
+    def step(self, rates) -> None:
+        """One update; ``rates[group]`` is the learning rate of each group at this step."""
         import torch
 
         with torch.no_grad():
-            for p, adapt, fixed, v in self.entries:
-                g = p.grad
-                if adapt:
-                    g = g.add(p, alpha=self.weight_decay)
-                    p_norm, g_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(g)
-                    ratio = torch.where(
-                        (p_norm > 0) & (g_norm > 0), self.eta * p_norm / g_norm, 1.0
-                    )
-                    g = g * ratio
+            for p, adapt, group, v in self.entries:
+                lr = rates[group]
+                g = self.direction(p, p.grad, adapt, lr)
                 v.mul_(self.momentum).add_(g)
                 update = g.add(v, alpha=self.momentum) if self.nesterov else v
-                p.add_(update, alpha=-(fixed_lr if fixed and fixed_lr is not None else lr))
+                p.add_(update, alpha=-lr)
+
+
+class SoloLearnLars(ByolLars):
+    """solo-learn's LARS (``ssljax.optim.solo_learn_lars``, its CIFAR recipes).
+
+    Where ``adapt`` and both norms are positive: ``r = eta ||p|| / (||g|| + wd ||p|| +
+    1e-8)``, with ``clip_lr`` ``r = min(r / lr, 1)`` (1 at ``lr = 0``; ``lr`` the tensor's
+    group rate), and ``g <- r (g + wd p)``; elsewhere ``g`` unchanged, without weight decay.
+    Then momentum and the rate as :class:`ByolLars`.
+    """
+
+    EPS = 1e-8  # solo/utils/lars.py's default, which no CIFAR yaml overrides
+
+    def __init__(self, entries, *, clip_lr: bool, **kwargs):
+        super().__init__(entries, **kwargs)
+        self.clip_lr = clip_lr
+
+    def direction(self, p, g, adapt: bool, lr: float):
+        import torch
+
+        if not adapt:
+            return g
+        p_norm, g_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(g)
+        ratio = self.eta * p_norm / (g_norm + self.weight_decay * p_norm + self.EPS)
+        if self.clip_lr:
+            ratio = torch.clamp(ratio / lr, max=1.0) if lr > 0 else torch.ones_like(ratio)
+        adapted = ratio * g.add(p, alpha=self.weight_decay)
+        return torch.where((p_norm > 0) & (g_norm > 0), adapted, g)
 
 
 def _matching(patterns, paths: list[str], field: str) -> list[bool]:
@@ -438,13 +477,15 @@ def _matching(patterns, paths: list[str], field: str) -> list[bool]:
 class ConfigOptimizer:
     """``ssljax.optim.build_optimizer``'s optimizer for the online PyTorch modules.
 
-    ``config.optimizer.name``: ``lars`` (:class:`ByolLars`), ``sgd`` (``torch.optim.SGD``:
+    ``config.optimizer.name``: ``lars`` (:class:`ByolLars`, or :class:`SoloLearnLars` with
+    ``lars_form='solo_learn'`` and its ``clip_lr``), ``sgd`` (``torch.optim.SGD``:
     ``g += wd p; v = m v + g; p -= lr v``, the same ordering as ssljax's) or ``adamw``
-    (``torch.optim.AdamW``, decoupled decay times the rate, as ``optax.adamw``). The
-    weight-decay exclusions (``exclude_from_weight_decay``, also the LARS trust-ratio
-    exclusions) and the fixed-rate groups (``fixed_lr``) are ssljax's regexes, matched against
-    each parameter's ssljax path (:func:`flax_path`). ``step(lr)`` applies ``lr`` to the
-    scheduled parameters and the peak ``base_lr * batch / 256`` to the fixed ones.
+    (``torch.optim.AdamW``, decoupled decay times the rate, as ``optax.adamw``). ssljax's
+    regexes are matched against each parameter's ssljax path (:func:`flax_path`):
+    ``exclude_from_weight_decay`` (no decay, and for LARS no trust ratio), ``fixed_lr`` (the
+    rate stays at the peak ``base_lr * batch / 256``) and ``lr_multipliers`` (``(regex, m)``
+    pairs, the first match wins: ``m`` times the rate the parameter would otherwise get).
+    Fields a config lacks take ssljax's defaults. ``step(lr)`` takes the scheduled rate.
     """
 
     def __init__(self, config, online):
@@ -465,34 +506,55 @@ class ConfigOptimizer:
             if opt.get("fixed_lr")
             else [False] * len(paths)
         )
+        pairs = tuple(opt.get("lr_multipliers", ()) or ())
+        hits = [_matching(q, paths, f"lr_multipliers[{i}]") for i, (q, _) in enumerate(pairs)]
+        multiplier = [
+            next((float(m) for hit, (_, m) in zip(row, pairs, strict=True) if hit), 1.0)
+            for row in (zip(*hits, strict=True) if hits else [()] * len(paths))
+        ]
+        # A group per (fixed, multiplier): its rate is m * (peak if fixed else lr).
+        self.groups = sorted({(fx, m) for fx, m in zip(fixed, multiplier, strict=True)})
+        group_of = [self.groups.index((fx, m)) for fx, m in zip(fixed, multiplier, strict=True)]
         self.paths = dict(zip(paths, (p for _, p in named), strict=True))
         wd = float(opt.get("weight_decay", 0.0))
         if self.name == "lars":
-            self.impl = ByolLars(
-                [(p, not ex, fx) for (_, p), ex, fx in zip(named, excluded, fixed, strict=True)],
+            entries = [
+                (p, not ex, g) for (_, p), ex, g in zip(named, excluded, group_of, strict=True)
+            ]
+            common = dict(
                 weight_decay=wd,
                 momentum=opt.get("momentum", 0.9),
                 eta=opt.get("eta", 1e-3),
                 nesterov=bool(opt.get("nesterov", False)),
             )
+            form = opt.get("lars_form", "byol")
+            if form == "byol":
+                if opt.get("clip_lr", False):
+                    raise ValueError("clip_lr needs optimizer.lars_form='solo_learn'")
+                self.impl = ByolLars(entries, **common)
+            elif form == "solo_learn":
+                self.impl = SoloLearnLars(
+                    entries, clip_lr=bool(opt.get("clip_lr", False)), **common
+                )
+            else:
+                raise ValueError(f"config.optimizer.lars_form={form!r}: use 'byol' or 'solo_learn'")
             return
-        groups: dict[tuple[bool, bool], list] = {}
-        for (_, p), ex, fx in zip(named, excluded, fixed, strict=True):
-            groups.setdefault((ex, fx), []).append(p)
-        param_groups = [
-            {"params": ps, "weight_decay": 0.0 if ex else wd, "fixed": fx}
-            for (ex, fx), ps in groups.items()
-        ]
+        param_groups: dict[tuple[bool, int], dict] = {}
+        for (_, p), ex, g in zip(named, excluded, group_of, strict=True):
+            group = param_groups.setdefault(
+                (ex, g), {"params": [], "weight_decay": 0.0 if ex else wd, "rate_group": g}
+            )
+            group["params"].append(p)
         if self.name == "sgd":
             self.impl = torch.optim.SGD(
-                param_groups,
+                list(param_groups.values()),
                 lr=self.peak,
                 momentum=opt.get("momentum", 0.9),
                 nesterov=bool(opt.get("nesterov", False)),
             )
         elif self.name == "adamw":
             self.impl = torch.optim.AdamW(
-                param_groups,
+                list(param_groups.values()),
                 lr=self.peak,
                 betas=(opt.get("b1", 0.9), opt.get("b2", 0.999)),
                 eps=opt.get("eps", 1e-8),
@@ -500,13 +562,18 @@ class ConfigOptimizer:
         else:
             raise ValueError(f"config.optimizer.name={self.name!r} has no PyTorch counterpart")
 
+    def rates(self, lr: float) -> list[float]:
+        """The rate of each group when the schedule is at ``lr``."""
+        return [m * (self.peak if fx else lr) for fx, m in self.groups]
+
     def step(self, lr: float) -> None:
-        """One update at the scheduled rate ``lr`` (fixed-rate groups at the peak)."""
+        """One update at the scheduled rate ``lr`` (see the class docstring for the groups)."""
+        rates = self.rates(lr)
         if isinstance(self.impl, ByolLars):
-            self.impl.step(lr, self.peak)
+            self.impl.step(rates)
             return
         for group in self.impl.param_groups:
-            group["lr"] = self.peak if group["fixed"] else lr
+            group["lr"] = rates[group["rate_group"]]
         self.impl.step()
 
 
