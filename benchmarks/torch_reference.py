@@ -73,6 +73,7 @@ import torch_yardstick as yardstick  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 DEFAULT_ARCHIVE = REPO.parent / "shared" / "data" / "cifar10-jpg.tar.gz"
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")  # ssljax.data.image_folder's
 
 # ssljax.evaluate.eval_config('cifar').linear (solo-learn's CIFAR linear evaluation): SGD with
 # momentum 0.9, batch 256, lr 0.3 x batch / 256, no weight decay, 100 epochs, lr x 0.1 at
@@ -104,12 +105,42 @@ def parse_value(text: str):
     return tuple(value) if isinstance(value, list) else value
 
 
+class _ConfigDict(dict):
+    """The part of ``ml_collections.ConfigDict`` that ssljax's config files use: a dict whose
+    items are also attributes. Stands in for it on hosts without ml_collections."""
+
+    def __getattr__(self, name):
+        try:
+            return self[name]
+        except KeyError as err:
+            raise AttributeError(name) from err
+
+    def __setattr__(self, name, value):
+        self[name] = value
+
+    def to_dict(self) -> dict:
+        return {k: v.to_dict() if isinstance(v, _ConfigDict) else v for k, v in self.items()}
+
+
+def _ensure_ml_collections() -> None:
+    """Installs :class:`_ConfigDict` as ``ml_collections`` where the package is missing (the
+    GPU host has no package index), so that ssljax's config files load."""
+    try:
+        import ml_collections  # noqa: F401
+    except ImportError:
+        import types
+
+        print("ml_collections is not installed: configs load as plain attribute dicts")
+        sys.modules["ml_collections"] = types.SimpleNamespace(ConfigDict=_ConfigDict)
+
+
 def load_config(spec: str, overrides: list[str]):
     """``configs/<method>.py:<preset>`` with ``key=value`` overrides (dotted keys).
 
     Raises:
       ValueError: for an override without ``=`` or naming a field the config does not have.
     """
+    _ensure_ml_collections()
     from ssljax import config_schema
 
     config = config_schema.load_config(spec)
@@ -246,7 +277,7 @@ def load_split(root: pathlib.Path, split: str, workers: int) -> tuple[np.ndarray
     paths, labels = [], []
     for label, name in enumerate(classes):
         files = sorted(
-            p for p in (root / split / name).iterdir() if p.suffix.lower() in (".jpg", ".png")
+            p for p in (root / split / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES
         )
         paths += [str(p) for p in files]
         labels += [label] * len(files)
@@ -829,11 +860,14 @@ def run(args) -> dict:
     )
     curve = {"step": [], "loss": [], "proj_std_x_sqrt_d": [], "lr": [], "tau": []}
     pending = []
+    # The first batch is fetched before the clock starts: starting the loader's worker
+    # processes is not training time.
+    first = next(batches)
     sync(device)
     t_train = time.perf_counter()
     t_log, images_since = t_train, 0
     for k in range(total):
-        v1, v2, _ = next(batches)
+        v1, v2, _ = first if k == 0 else next(batches)
         v1 = v1.to(device, non_blocking=True).contiguous(memory_format=fmt)
         v2 = v2.to(device, non_blocking=True).contiguous(memory_format=fmt)
         loss, proj_std = trainer.step((v1, v2), k)
