@@ -499,3 +499,47 @@ def test_state_dict_conversion_is_exact():
         got = torch_reference.Trainer.forward(online, torch.from_numpy(x).permute(0, 3, 1, 2))
     for key in ("features", "projection", "prediction"):
         np.testing.assert_allclose(got[key].numpy(), np.asarray(want[key]), rtol=1e-4, atol=1e-5)
+
+
+def test_knn_matches_ssljax():
+    from ssljax import knn
+
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((5, 16))
+    train_y, test_y = rng.integers(0, 5, 400), rng.integers(0, 5, 100)
+    train_x = centres[train_y] + 1.5 * rng.standard_normal((400, 16))
+    test_x = centres[test_y] + 1.5 * rng.standard_normal((100, 16))
+    for k, temperature in ((1, 0.07), (20, 0.07), (200, 0.5)):
+        want = knn.knn_accuracies(
+            train_x, train_y, test_x, test_y, ks=(k,), temperature=temperature, num_classes=5
+        )[k]
+        got = torch_reference.knn_top1(
+            torch.tensor(train_x, dtype=torch.float32),
+            torch.from_numpy(train_y),
+            torch.tensor(test_x, dtype=torch.float32),
+            torch.from_numpy(test_y),
+            k=k,
+            temperature=temperature,
+            num_classes=5,
+        )
+        assert 0.3 < got < 1.0  # far from chance (0.2): the features carry the labels
+        assert got == pytest.approx(want, abs=0.011), (k, temperature)  # one query of 100
+
+
+def test_overrides_reach_the_config():
+    config = torch_reference.load_config(
+        str(REPO / "configs" / "byol.py") + ":cifar10_cpu",
+        [
+            "num_epochs=1",  # an int for a float field
+            "warmup_epochs=0.125",
+            "augment.view1.crop_scale=(0.2, 1.0)",
+            "optimizer.name=sgd",
+            "probe.enabled=false",
+        ],
+    )
+    assert config.num_epochs == 1.0 and isinstance(config.num_epochs, float)
+    assert tuple(config.augment.view1.crop_scale) == (0.2, 1.0)
+    assert config.optimizer.name == "sgd" and config.probe.enabled is False
+    assert torch_reference.schedule_lengths(config, 50_000) == (195, 195, 24)
+    with pytest.raises(ValueError, match="no field"):
+        torch_reference.load_config(str(REPO / "configs" / "byol.py"), ["optimizer.lr=1"])
