@@ -66,8 +66,51 @@ DTYPES = step_bench.DTYPES
 # ----------------------------------------------------------------------------------------------
 # The PyTorch side (child process).
 # ----------------------------------------------------------------------------------------------
+# Backbone name -> (blocks per stage, block kind, stem, default width), as ssljax.models.BACKBONES.
+TORCH_RESNETS = {
+    "resnet18": ((2, 2, 2, 2), "basic", "imagenet", 1.0),
+    "resnet34": ((3, 4, 6, 3), "basic", "imagenet", 1.0),
+    "resnet50": ((3, 4, 6, 3), "bottleneck", "imagenet", 1.0),
+    "resnet18_cifar": ((2, 2, 2, 2), "basic", "cifar", 1.0),
+    "resnet34_cifar": ((3, 4, 6, 3), "basic", "cifar", 1.0),
+    "resnet50_cifar": ((3, 4, 6, 3), "bottleneck", "cifar", 1.0),
+    "resnet_tiny": ((1, 1, 1, 1), "basic", "cifar", 0.25),
+}
+
+# Initialisations of the heads' Dense layers (ssljax's config.heads.init; 'flax' when the config
+# has no such field): see head_init_of.
+HEAD_INITS = ("flax", "torch", "haiku")
+
+
+def head_init_of(config) -> str:
+    """The head initialisation of ``config.heads.init`` (``'flax'`` when absent).
+
+    ``'flax'``: LeCun normal (a normal truncated at 2 std, rescaled to std 1/sqrt(fan_in)), zero
+    bias; ``'torch'``: ``nn.Linear``'s default, weight and bias U(+-1/sqrt(fan_in)); ``'haiku'``:
+    ``hk.Linear``'s, a normal truncated at 2 std of std 1/sqrt(fan_in) without the rescaling,
+    zero bias (``ssljax.models.heads.dense_inits``).
+
+    Raises:
+      ValueError: for another value.
+    """
+    init = config.heads.get("init", "flax")
+    if init not in HEAD_INITS:
+        raise ValueError(f"config.heads.init={init!r} has no PyTorch counterpart; use {HEAD_INITS}")
+    return init
+
+
 def build_torch_modules(config, num_classes: int):
     """ResNet backbone, heads, target copy and probe of ``config``, in plain PyTorch.
+
+    Parameter names mirror ssljax's paths (:func:`flax_path` maps one to the other): the
+    backbone has torchvision's ResNet names (``conv1``, ``bn1``, ``layer1.0.conv1``, ...,
+    ``layer2.0.downsample.0``) so that ``ssljax.export.resnet_to_torchvision`` loads into it,
+    and each head has ``dense_{i}`` / ``bn_{i}`` as ssljax's ``MLP``. The backbone follows
+    ``config.model.backbone_kwargs`` (``width``: base channels ``round(64 * width)``;
+    ``zero_init_residual``). Initialisation as ssljax's: convolutions Kaiming-normal
+    (fan_out, torchvision's), BatchNorm scale 1 (0 for the last BN of a residual branch with
+    ``zero_init_residual``) and bias 0, head ``Dense`` layers as ``config.heads.init``
+    (:func:`head_init_of`).
 
     Returns:
       ``(online, target, probe)``: ``online`` a ``ModuleDict`` with ``backbone``,
@@ -129,67 +172,84 @@ def build_torch_modules(config, num_classes: int):
             return torch.relu(y + (x if self.downsample is None else self.downsample(x)))
 
     class ResNet(nn.Module):
-        def __init__(self, layers, block, stem, zero_init, base=64):
+        def __init__(self, layers, block, stem, zero_init, base):
             super().__init__()
             if stem == "cifar":
-                self.stem = nn.Sequential(
-                    nn.Conv2d(3, base, 3, 1, 1, bias=False),
-                    nn.BatchNorm2d(base),
-                    nn.ReLU(),
-                )
+                self.conv1 = nn.Conv2d(3, base, 3, 1, 1, bias=False)
+                self.maxpool = nn.Identity()
             else:
-                self.stem = nn.Sequential(
-                    nn.Conv2d(3, base, 7, 2, 3, bias=False),
-                    nn.BatchNorm2d(base),
-                    nn.ReLU(),
-                    nn.MaxPool2d(3, 2, 1),
-                )
-            blocks, inplanes = [], base
+                self.conv1 = nn.Conv2d(3, base, 7, 2, 3, bias=False)
+                self.maxpool = nn.MaxPool2d(3, 2, 1)
+            self.bn1 = nn.BatchNorm2d(base)
+            inplanes = base
             for i, n in enumerate(layers):
+                blocks = []
                 for j in range(n):
                     planes = base * 2**i
                     stride = 2 if i > 0 and j == 0 else 1
                     blocks.append(block(inplanes, planes, stride, zero_init))
                     inplanes = planes * block.expansion
-            self.blocks = nn.Sequential(*blocks)
+                setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
             self.num_features = inplanes
             for m in self.modules():
                 if isinstance(m, nn.Conv2d):
                     nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
         def forward(self, x):
-            return torch.flatten(nn.functional.adaptive_avg_pool2d(self.blocks(self.stem(x)), 1), 1)
+            x = self.maxpool(torch.relu(self.bn1(self.conv1(x))))
+            x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+            return torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1)
 
-    def mlp(in_dim, hidden, out_dim, use_bias, out_bias, out_bn=False, out_bn_affine=True):
-        layers, d = [], in_dim
-        for h in hidden:
-            layers += [nn.Linear(d, h, bias=use_bias), nn.BatchNorm1d(h), nn.ReLU()]
-            d = h
-        layers.append(nn.Linear(d, out_dim, bias=out_bias))
-        if out_bn:
-            layers.append(nn.BatchNorm1d(out_dim, affine=out_bn_affine))
-        return nn.Sequential(*layers)
+    head_init = head_init_of(config)
 
-    arch = {
-        "resnet18_cifar": ((2, 2, 2, 2), BasicBlock, "cifar", 64),
-        "resnet50": ((3, 4, 6, 3), Bottleneck, "imagenet", 64),
-        "resnet_tiny": (
-            (1, 1, 1, 1),
-            BasicBlock,
-            "cifar",
-            16,
-        ),  # smoke tests of this script
-    }
-    if config.model.backbone not in arch:
-        raise ValueError(f"no PyTorch backbone for {config.model.backbone!r}")
-    layers, block, stem, base = arch[config.model.backbone]
-    zero_init = bool(config.model.backbone_kwargs.get("zero_init_residual", False))
+    class MLP(nn.Module):
+        """ssljax.models.MLP: [dense_i -> bn_i -> ReLU] per hidden width, dense_last [-> bn]."""
+
+        def __init__(self, in_dim, hidden, out_dim, use_bias, out_bias, out_bn, out_bn_affine):
+            super().__init__()
+            self.depth = len(hidden)
+            d = in_dim
+            for i, h in enumerate(hidden):
+                setattr(self, f"dense_{i}", nn.Linear(d, h, bias=use_bias))
+                setattr(self, f"bn_{i}", nn.BatchNorm1d(h))
+                d = h
+            setattr(self, f"dense_{self.depth}", nn.Linear(d, out_dim, bias=out_bias))
+            self.out_bn = out_bn
+            if out_bn:
+                setattr(self, f"bn_{self.depth}", nn.BatchNorm1d(out_dim, affine=out_bn_affine))
+            for m in self.modules():
+                if isinstance(m, nn.Linear) and head_init != "torch":
+                    std = (1.0 / m.in_features) ** 0.5
+                    if head_init == "flax":
+                        std /= 0.87962566103423978  # the std of a normal truncated at 2 std
+                    nn.init.trunc_normal_(m.weight, std=std, a=-2 * std, b=2 * std)
+                    if m.bias is not None:
+                        nn.init.zeros_(m.bias)
+
+        def forward(self, x):
+            for i in range(self.depth):
+                x = torch.relu(getattr(self, f"bn_{i}")(getattr(self, f"dense_{i}")(x)))
+            x = getattr(self, f"dense_{self.depth}")(x)
+            return getattr(self, f"bn_{self.depth}")(x) if self.out_bn else x
+
+    if config.model.backbone not in TORCH_RESNETS:
+        raise ValueError(
+            f"no PyTorch backbone for {config.model.backbone!r}; known: {sorted(TORCH_RESNETS)}"
+        )
+    layers, kind, stem, default_width = TORCH_RESNETS[config.model.backbone]
+    kwargs = dict(config.model.backbone_kwargs)
+    unknown = sorted(set(kwargs) - {"width", "zero_init_residual"})
+    if unknown:
+        raise ValueError(f"config.model.backbone_kwargs {unknown} have no PyTorch counterpart")
+    base = int(round(64 * float(kwargs.get("width", default_width))))
+    zero_init = bool(kwargs.get("zero_init_residual", False))
+    block = BasicBlock if kind == "basic" else Bottleneck
     backbone = ResNet(layers, block, stem, zero_init, base)
     h = config.heads
     online = nn.ModuleDict(
         {
             "backbone": backbone,
-            "projector": mlp(
+            "projector": MLP(
                 backbone.num_features,
                 h.projector_hidden,
                 h.projector_dim,
@@ -201,12 +261,14 @@ def build_torch_modules(config, num_classes: int):
         }
     )
     if config.method in ("byol", "simsiam"):
-        online["predictor"] = mlp(
+        online["predictor"] = MLP(
             h.projector_dim,
             h.predictor_hidden,
             h.predictor_dim,
             h.predictor_use_bias,
             h.predictor_output_use_bias,
+            False,
+            True,
         )
     target = None
     if config.method == "byol":
@@ -220,6 +282,58 @@ def build_torch_modules(config, num_classes: int):
             p.requires_grad_(False)
     probe = nn.Linear(backbone.num_features, num_classes)
     return online, target, probe
+
+
+# torch leaf name -> ssljax (Flax) leaf name, for parameters and BatchNorm statistics.
+_LEAVES = {
+    "conv": {"weight": "kernel"},
+    "bn": {"weight": "scale", "bias": "bias", "running_mean": "mean", "running_var": "var"},
+    "dense": {"weight": "kernel", "bias": "bias"},
+}
+
+
+def flax_path(torch_name: str) -> str:
+    """The ssljax path of a parameter or BN statistic of :func:`build_torch_modules`' modules.
+
+    ``backbone.layer2.0.downsample.1.weight`` -> ``backbone/layer2_0/downsample_bn/scale``,
+    ``projector.dense_0.weight`` -> ``projector/dense_0/kernel``, ``projector.bn_0.running_var``
+    -> ``projector/bn_0/var``: the paths ssljax's weight-decay, LARS and fixed-lr regexes are
+    matched against (``ssljax.optim.path_mask``).
+
+    Raises:
+      ValueError: for a name with no ssljax counterpart.
+    """
+    import re
+
+    parts = torch_name.split(".")
+    leaf, modules = parts[-1], parts[:-1]
+    out = []
+    i = 0
+    while i < len(modules):
+        piece = modules[i]
+        if re.fullmatch(r"layer\d+", piece) and i + 1 < len(modules):
+            out.append(f"{piece}_{modules[i + 1]}")
+            i += 2
+            continue
+        if piece == "downsample" and i + 1 < len(modules):
+            out.append("downsample_conv" if modules[i + 1] == "0" else "downsample_bn")
+            i += 2
+            continue
+        out.append(piece)
+        i += 1
+    last = out[-1] if out else ""
+    kind = (
+        "bn"
+        if re.fullmatch(r"bn\d*|bn_\d+|downsample_bn", last)
+        else "conv"
+        if re.fullmatch(r"conv\d+|downsample_conv", last)
+        else "dense"
+        if re.fullmatch(r"dense_\d+", last)
+        else None
+    )
+    if kind is None or leaf not in _LEAVES[kind]:
+        raise ValueError(f"torch parameter {torch_name!r} has no ssljax counterpart")
+    return "/".join([*out, _LEAVES[kind][leaf]])
 
 
 def torch_loss(method: str, config, online_out, target_out):
@@ -260,7 +374,9 @@ def torch_loss(method: str, config, online_out, target_out):
         c = bn(za).T @ bn(zb) / n
         on_diag = torch.diagonal(c).add(-1).pow(2).sum()
         off_diag = (c - torch.diag(torch.diagonal(c))).pow(2).sum()
-        return on_diag + config.method_config.lambd * off_diag
+        # solo-learn's scale_loss (ssljax's method_config.scale_loss; 1 when absent).
+        scale = config.method_config.get("scale_loss", 1.0)
+        return scale * (on_diag + config.method_config.lambd * off_diag)
     raise ValueError(f"unknown method {method!r}")
 
 
@@ -273,32 +389,192 @@ def warmup_cosine(step: int, peak: float, warmup: int, total: int, final: float 
 
 
 class ByolLars:
-    """BYOL's LARS (ssljax.optim.byol_lars): decay, trust ratio, momentum, then the rate."""
+    """BYOL's LARS (ssljax.optim.byol_lars): decay, trust ratio, momentum, then the rate.
 
-    def __init__(self, params_and_flags, *, weight_decay: float, momentum: float, eta: float):
+    Per tensor ``p`` with gradient ``g``: where ``adapt`` (ssljax: not excluded from weight
+    decay), ``g += wd p`` and ``g *= eta ||p|| / ||g||`` (1 when a norm is 0); then
+    ``v = m v + g`` and ``p -= lr v`` (``lr (g + m v)`` with Nesterov), ``lr`` the rate of
+    the tensor's group (:meth:`step`'s ``rates``).
+    """
+
+    def __init__(
+        self, entries, *, weight_decay: float, momentum: float, eta: float, nesterov: bool = False
+    ):
         import torch
 
-        self.groups = [(p, adapt, torch.zeros_like(p)) for p, adapt in params_and_flags]
+        # entries: (param, adapt, group) triples; `group` indexes step()'s rates.
+        self.entries = [(p, adapt, group, torch.zeros_like(p)) for p, adapt, group in entries]
         self.weight_decay, self.momentum, self.eta = weight_decay, momentum, eta
+        self.nesterov = nesterov
 
-    def step(self, lr: float) -> None:
+    def direction(self, p, g, adapt: bool, lr: float):
+        """The gradient after weight decay and the trust ratio (before momentum)."""
+        import torch
+
+        if not adapt:
+            return g
+        g = g.add(p, alpha=self.weight_decay)
+        p_norm, g_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(g)
+        return g * torch.where((p_norm > 0) & (g_norm > 0), self.eta * p_norm / g_norm, 1.0)
+
+    def step(self, rates) -> None:
+        """One update; ``rates[group]`` is the learning rate of each group at this step."""
         import torch
 
         with torch.no_grad():
-            for p, adapt, v in self.groups:
-                g = p.grad
-                if adapt:
-                    g = g.add(p, alpha=self.weight_decay)
-                    p_norm, g_norm = (
-                        torch.linalg.vector_norm(p),
-                        torch.linalg.vector_norm(g),
-                    )
-                    ratio = torch.where(
-                        (p_norm > 0) & (g_norm > 0), self.eta * p_norm / g_norm, 1.0
-                    )
-                    g = g * ratio
+            for p, adapt, group, v in self.entries:
+                lr = rates[group]
+                g = self.direction(p, p.grad, adapt, lr)
                 v.mul_(self.momentum).add_(g)
-                p.add_(v, alpha=-lr)
+                update = g.add(v, alpha=self.momentum) if self.nesterov else v
+                p.add_(update, alpha=-lr)
+
+
+class SoloLearnLars(ByolLars):
+    """solo-learn's LARS (``ssljax.optim.solo_learn_lars``, its CIFAR recipes).
+
+    Where ``adapt`` and both norms are positive: ``r = eta ||p|| / (||g|| + wd ||p|| +
+    1e-8)``, with ``clip_lr`` ``r = min(r / lr, 1)`` (1 at ``lr = 0``; ``lr`` the tensor's
+    group rate), and ``g <- r (g + wd p)``; elsewhere ``g`` unchanged, without weight decay.
+    Then momentum and the rate as :class:`ByolLars`.
+    """
+
+    EPS = 1e-8  # solo/utils/lars.py's default, which no CIFAR yaml overrides
+
+    def __init__(self, entries, *, clip_lr: bool, **kwargs):
+        super().__init__(entries, **kwargs)
+        self.clip_lr = clip_lr
+
+    def direction(self, p, g, adapt: bool, lr: float):
+        import torch
+
+        if not adapt:
+            return g
+        p_norm, g_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(g)
+        ratio = self.eta * p_norm / (g_norm + self.weight_decay * p_norm + self.EPS)
+        if self.clip_lr:
+            ratio = torch.clamp(ratio / lr, max=1.0) if lr > 0 else torch.ones_like(ratio)
+        adapted = ratio * g.add(p, alpha=self.weight_decay)
+        return torch.where((p_norm > 0) & (g_norm > 0), adapted, g)
+
+
+def _matching(patterns, paths: list[str], field: str) -> list[bool]:
+    """``re.search`` of any pattern in each path; a pattern matching nothing is an error.
+
+    As ``ssljax.optim.path_mask``, so a typo in a config fails here too.
+    """
+    import re
+
+    if isinstance(patterns, str):
+        patterns = (patterns,)
+    compiled = [re.compile(p) for p in patterns]
+    unmatched = [c.pattern for c in compiled if not any(c.search(q) for q in paths)]
+    if unmatched:
+        raise ValueError(f"config.optimizer.{field}: {unmatched} match no parameter path")
+    return [any(c.search(q) for c in compiled) for q in paths]
+
+
+class ConfigOptimizer:
+    """``ssljax.optim.build_optimizer``'s optimizer for the online PyTorch modules.
+
+    ``config.optimizer.name``: ``lars`` (:class:`ByolLars`, or :class:`SoloLearnLars` with
+    ``lars_form='solo_learn'`` and its ``clip_lr``), ``sgd`` (``torch.optim.SGD``:
+    ``g += wd p; v = m v + g; p -= lr v``, the same ordering as ssljax's) or ``adamw``
+    (``torch.optim.AdamW``, decoupled decay times the rate, as ``optax.adamw``). ssljax's
+    regexes are matched against each parameter's ssljax path (:func:`flax_path`):
+    ``exclude_from_weight_decay`` (no decay, and for LARS no trust ratio), ``fixed_lr`` (the
+    rate stays at the peak ``base_lr * batch / 256``) and ``lr_multipliers`` (``(regex, m)``
+    pairs, the first match wins: ``m`` times the rate the parameter would otherwise get).
+    Fields a config lacks take ssljax's defaults. ``step(lr)`` takes the scheduled rate.
+    """
+
+    def __init__(self, config, online):
+        import torch
+
+        opt = config.optimizer
+        self.name = opt.name
+        self.peak = opt.base_lr * config.global_batch / 256
+        named = [(n, p) for n, p in online.named_parameters() if p.requires_grad]
+        paths = [flax_path(n) for n, _ in named]
+        excluded = _matching(
+            opt.get("exclude_from_weight_decay", (r"bias$", r"scale$")),
+            paths,
+            "exclude_from_weight_decay",
+        )
+        fixed = (
+            _matching(opt.fixed_lr, paths, "fixed_lr")
+            if opt.get("fixed_lr")
+            else [False] * len(paths)
+        )
+        pairs = tuple(opt.get("lr_multipliers", ()) or ())
+        hits = [_matching(q, paths, f"lr_multipliers[{i}]") for i, (q, _) in enumerate(pairs)]
+        multiplier = [
+            next((float(m) for hit, (_, m) in zip(row, pairs, strict=True) if hit), 1.0)
+            for row in (zip(*hits, strict=True) if hits else [()] * len(paths))
+        ]
+        # A group per (fixed, multiplier): its rate is m * (peak if fixed else lr).
+        self.groups = sorted({(fx, m) for fx, m in zip(fixed, multiplier, strict=True)})
+        group_of = [self.groups.index((fx, m)) for fx, m in zip(fixed, multiplier, strict=True)]
+        self.paths = dict(zip(paths, (p for _, p in named), strict=True))
+        wd = float(opt.get("weight_decay", 0.0))
+        if self.name == "lars":
+            entries = [
+                (p, not ex, g) for (_, p), ex, g in zip(named, excluded, group_of, strict=True)
+            ]
+            common = dict(
+                weight_decay=wd,
+                momentum=opt.get("momentum", 0.9),
+                eta=opt.get("eta", 1e-3),
+                nesterov=bool(opt.get("nesterov", False)),
+            )
+            form = opt.get("lars_form", "byol")
+            if form == "byol":
+                if opt.get("clip_lr", False):
+                    raise ValueError("clip_lr needs optimizer.lars_form='solo_learn'")
+                self.impl = ByolLars(entries, **common)
+            elif form == "solo_learn":
+                self.impl = SoloLearnLars(
+                    entries, clip_lr=bool(opt.get("clip_lr", False)), **common
+                )
+            else:
+                raise ValueError(f"config.optimizer.lars_form={form!r}: use 'byol' or 'solo_learn'")
+            return
+        param_groups: dict[tuple[bool, int], dict] = {}
+        for (_, p), ex, g in zip(named, excluded, group_of, strict=True):
+            group = param_groups.setdefault(
+                (ex, g), {"params": [], "weight_decay": 0.0 if ex else wd, "rate_group": g}
+            )
+            group["params"].append(p)
+        if self.name == "sgd":
+            self.impl = torch.optim.SGD(
+                list(param_groups.values()),
+                lr=self.peak,
+                momentum=opt.get("momentum", 0.9),
+                nesterov=bool(opt.get("nesterov", False)),
+            )
+        elif self.name == "adamw":
+            self.impl = torch.optim.AdamW(
+                list(param_groups.values()),
+                lr=self.peak,
+                betas=(opt.get("b1", 0.9), opt.get("b2", 0.999)),
+                eps=opt.get("eps", 1e-8),
+            )
+        else:
+            raise ValueError(f"config.optimizer.name={self.name!r} has no PyTorch counterpart")
+
+    def rates(self, lr: float) -> list[float]:
+        """The rate of each group when the schedule is at ``lr``."""
+        return [m * (self.peak if fx else lr) for fx, m in self.groups]
+
+    def step(self, lr: float) -> None:
+        """One update at the scheduled rate ``lr`` (see the class docstring for the groups)."""
+        rates = self.rates(lr)
+        if isinstance(self.impl, ByolLars):
+            self.impl.step(rates)
+            return
+        for group in self.impl.param_groups:
+            group["lr"] = rates[group["rate_group"]]
+        self.impl.step()
 
 
 def torch_child(spec: dict) -> dict:
@@ -328,34 +604,13 @@ def torch_child(spec: dict) -> dict:
     ]
     labels = torch.from_numpy(host["label"]).long()
 
-    # The optimizer: same rules and masks as ssljax's config (biases and norm params have
-    # ndim 1 here, as their paths end in bias/scale there).
+    # The optimizer: same rules, masks and fixed-rate groups as ssljax's config.
     opt_cfg = config.optimizer
-    peak = opt_cfg.base_lr * config.global_batch / 256
+    optimizer = ConfigOptimizer(config, online)
+    peak = optimizer.peak
     # As build_components: 50,000 training images (the synthetic dataset's split size).
     total = config.num_steps
     warmup = min(int(round(config.warmup_epochs * (50_000 // config.global_batch))), total - 1)
-    named = [(n, p) for n, p in online.named_parameters()]
-    if opt_cfg.name == "lars":
-        optimizer = ByolLars(
-            [(p, p.ndim > 1) for _, p in named],
-            weight_decay=opt_cfg.weight_decay,
-            momentum=opt_cfg.momentum,
-            eta=opt_cfg.eta,
-        )
-        fixed = []
-    else:
-        fixed = [p for n, p in named if n.startswith("predictor.")] if opt_cfg.fixed_lr else []
-        ids = {id(p) for p in fixed}
-        groups = [{"params": [p for _, p in named if id(p) not in ids]}]
-        if fixed:
-            groups.append({"params": fixed, "fixed": True})
-        optimizer = torch.optim.SGD(
-            groups,
-            lr=peak,
-            momentum=opt_cfg.momentum,
-            weight_decay=opt_cfg.weight_decay,
-        )
     probe_opt = torch.optim.Adam(probe.parameters(), lr=config.probe.lr)
     autocast = spec["dtype"] == "bfloat16"
     step_count = [0]
@@ -383,12 +638,7 @@ def torch_child(spec: dict) -> dict:
             p.grad = None
         probe_opt.zero_grad(set_to_none=True)
         (loss + probe_loss).backward()
-        if isinstance(optimizer, ByolLars):
-            optimizer.step(lr)
-        else:
-            for group in optimizer.param_groups:
-                group["lr"] = peak if group.get("fixed") else lr
-            optimizer.step()
+        optimizer.step(lr)
         probe_opt.step()
         if target is not None:
             tau = 1 - (1 - config.tau_base) * (math.cos(math.pi * min(k, total) / total) + 1) / 2
