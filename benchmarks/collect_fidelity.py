@@ -70,9 +70,11 @@ def torch_row(path: pathlib.Path) -> dict[str, Any]:
     _, name, seed = path.stem.rsplit(".", 2)
     row = {"impl": "torch", "method": name, "seed": int(seed.lstrip("s"))}
     for key, value in r.items():
+        if key in row:
+            continue
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             row[key] = _finite(value)
-        elif key in ("curves", "loss_curve", "proj_std_curve"):
+        elif key in ("curve", "curves"):
             row[key] = value
     return row
 

@@ -23,7 +23,7 @@ set -uo pipefail
 OUT=${1:?usage: gpu_session.sh OUT [PHASES]}
 PHASES=${2:-setup,fidelity,e2e,step,input}
 mkdir -p "$OUT"
-REPO=$(cd "$(dirname "$0")/.." && pwd)
+REPO=${REPO:-$(cd "$(dirname "$0")/.." && pwd)}
 cd "$REPO"
 export PYTHONUNBUFFERED=1
 PY=${PY:-python3}
@@ -89,7 +89,7 @@ if has fidelity; then
   small=(); tsmall=()
   if [ "$DRY" = 1 ]; then
     small=(--config.num_steps=2 --config.knn.at_end=False --config.knn.at_start=False)
-    tsmall=(--override num_steps=2 --knn_subset 512)
+    tsmall=(--override num_steps=2 --knn_subset 512 --calib_batches 2)
   fi
   # Runs in the order given (the most wanted first: the queue may be cut by the deadline).
   for run in ${runs//,/ }; do
@@ -104,7 +104,7 @@ ${DATA_FLAGS[*]} --config.seed=$s --config.num_epochs=$epochs --config.warmup_ep
       if [ -f benchmarks/torch_reference.py ]; then
         echo "$PY benchmarks/torch_reference.py --config configs/$m.py:cifar10_cpu --seed $s \
 --override num_epochs=$epochs --override warmup_epochs=$($PY -c "print($epochs/10)") \
---root $ROOT --num_workers ${FID_WORKERS:-3} --device auto --out $WORK/fid/$name.json \
+--data_root $ROOT --num_workers ${FID_WORKERS:-3} --device auto --out $WORK/fid/$name.json \
 ${tsmall[*]} >$WORK/fid/$name.log 2>&1" >>"$jobs"
       fi
     }
