@@ -61,6 +61,10 @@ BUDGET_FIELDS = {
     "knn.at_end",
     "log_every_steps",
     "checkpoint.every_steps",
+    # Where the recipe has solo-learn's LARS: BYOL's LARS at this budget (apply_cpu_budget).
+    "optimizer.lars_form",
+    "optimizer.eta",
+    "optimizer.clip_lr",
 }
 
 
@@ -73,6 +77,10 @@ def test_cpu_budget_keeps_the_cifar10_recipe(name):
     assert cpu["num_epochs"] == config_schema.CPU_BUDGET_EPOCHS
     assert cpu["warmup_epochs"] == pytest.approx(config_schema.CPU_BUDGET_EPOCHS / 10)
     assert cpu["knn.at_start"] and cpu["knn.k"] == 200
+    if full["optimizer.name"] == "lars":
+        # The short run's LARS is BYOL's (solo-learn's diverged or stalled at 1.25 epochs).
+        assert (cpu["optimizer.lars_form"], cpu["optimizer.eta"]) == ("byol", 1e-3)
+        assert not cpu["optimizer.clip_lr"]
 
 
 def test_random_target_is_byol_at_the_cpu_budget_with_a_frozen_target():
