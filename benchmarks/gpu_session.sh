@@ -19,6 +19,8 @@
 #   step      the bare jitted train step, BYOL ResNet-18 CIFAR, batch 256, float32 and bfloat16
 #             (benchmarks/step.py): the images/s that the end-to-end run is compared with.
 #   input     the loader alone (benchmarks/input.py): images/s per worker count and per core.
+#   yardstick (not in the default list) ssljax's step against PyTorch eager and torch.compile
+#             (benchmarks/torch_yardstick.py), ResNet-50 bf16 batch 256 by default; benchmarks/gpu.sh.
 set -uo pipefail
 OUT=${1:?usage: gpu_session.sh OUT [PHASES]}
 PHASES=${2:-setup,fidelity,e2e,step,input}
@@ -154,6 +156,19 @@ if has step; then
     --dtypes float32,bfloat16 --devices 1 --steps $steps --warmup 3 --out "$OUT/step.json" \
     >>"$LOG" 2>&1 || say "step phase ended with status $?"
   grep -E "^byol" "$LOG" | tail -2
+fi
+
+# --- yardstick: ssljax's step against PyTorch eager and torch.compile, side by side. ---------------
+if has yardstick; then
+  say "yardstick: ${YS_MODEL:-resnet50} ${YS_DTYPES:-bfloat16} batch ${YS_BATCH:-256}"
+  timeout "$(budget "${YS_TIMEOUT:-330}")" $PY benchmarks/torch_yardstick.py \
+    --model "${YS_MODEL:-resnet50}" --batch "${YS_BATCH:-256}" \
+    --methods "${YS_METHODS:-byol,simsiam,vicreg,barlow_twins}" --dtypes "${YS_DTYPES:-bfloat16}" \
+    --repeats 1 --steps "${YS_STEPS:-10}" --warmup 3 --torch-settings 1/default/channels_last \
+    --torch-compile "${YS_COMPILE:-max-autotune-no-cudagraphs}" --jax-devices 1 \
+    --out "$OUT/yardstick_${YS_MODEL:-resnet50}.json" >>"$LOG" 2>&1
+  say "yardstick ended with status $?"
+  grep -E "^ratio" "$LOG" | tail -8
 fi
 
 # --- input: the loader alone, CIFAR-10 and ImageNet-like JPEGs, per worker count. -----------------

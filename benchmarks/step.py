@@ -277,6 +277,9 @@ def parse_args(argv=None):
         default=f"1,{os.cpu_count() or 1}",
         help="XLA CPU device counts to run",
     )
+    parser.add_argument(
+        "--batch", type=int, default=0, help="global batch (0: the model's, 256 / 32 / 16)"
+    )
     parser.add_argument("--steps", type=int, default=10, help="timed steps (after warm-up)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps after compiling")
     parser.add_argument(
@@ -348,6 +351,8 @@ def main(argv=None) -> None:
                         "steps": args.steps,
                         "warmup": args.warmup,
                     }
+                    if args.batch:
+                        spec["batch"] = args.batch
                     row = _timing.run_child(__file__, spec, devices=devices, malloc=args.malloc)
                     rows.append(add_utilisation(row, peaks))
                     _timing.print_table([row], COLUMNS)

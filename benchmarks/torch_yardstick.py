@@ -577,6 +577,17 @@ class ConfigOptimizer:
         self.impl.step()
 
 
+def torch_device(choice: str = "auto"):
+    """``torch.device('cuda')`` when asked or available (``auto``), else the CPU."""
+    import torch
+
+    if choice not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"device must be auto, cpu or cuda, got {choice!r}")
+    if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
 def torch_child(spec: dict) -> dict:
     """Times the PyTorch step of ``spec`` (runs in its own process)."""
     import time
@@ -587,22 +598,33 @@ def torch_child(spec: dict) -> dict:
     if spec.get("threads"):
         torch.set_num_threads(int(spec["threads"]))
     torch.manual_seed(0)
-    config = step_bench.build_config(spec["method"], spec["model"], "float32")
+    # The GPU when there is one (as JAX picks it); spec["device"] = "cpu" forces the CPU.
+    device = torch_device(spec.get("device", "auto"))
+    if device.type == "cuda":
+        # cuDNN picks its fastest algorithm per shape once (the shapes never change here).
+        torch.backends.cudnn.benchmark = True
+    config = step_bench.build_config(
+        spec["method"], spec["model"], "float32", batch=spec.get("batch")
+    )
     num_classes = step_bench.MODELS[spec["model"]][3]
     online, target, probe = build_torch_modules(config, num_classes)
     channels_last = spec["format"] == "channels_last"
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    online.to(memory_format=fmt)
+    online.to(device=device, memory_format=fmt)
+    probe.to(device=device)
     if target is not None:
-        target.to(memory_format=fmt)
+        target.to(device=device, memory_format=fmt)
 
     host = step_bench.make_batch(spec["model"], config.global_batch, augment="none")
     # [B, 2, H, W, C] -> two [B, C, H, W] views, as the data loader would hand them over.
     views = [
-        torch.from_numpy(host["image"][:, v]).permute(0, 3, 1, 2).contiguous(memory_format=fmt)
+        torch.from_numpy(host["image"][:, v])
+        .permute(0, 3, 1, 2)
+        .contiguous(memory_format=fmt)
+        .to(device)
         for v in range(2)
     ]
-    labels = torch.from_numpy(host["label"]).long()
+    labels = torch.from_numpy(host["label"]).long().to(device)
 
     # The optimizer: same rules, masks and fixed-rate groups as ssljax's config.
     opt_cfg = config.optimizer
@@ -622,10 +644,8 @@ def torch_child(spec: dict) -> dict:
             out["prediction"] = net["predictor"](out["projection"])
         return out
 
-    def one_step():
-        k = step_count[0]
-        lr = warmup_cosine(k, peak, warmup, total, opt_cfg.final_lr)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+    def losses_of(views, labels):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
             target_out = None
             if target is not None:
                 with torch.no_grad():
@@ -634,6 +654,16 @@ def torch_child(spec: dict) -> dict:
             loss = torch_loss(config.method, config, online_out, target_out)
             logits = probe(online_out[0]["features"].detach().float())
             probe_loss = torch.nn.functional.cross_entropy(logits, labels)
+        return loss, probe_loss
+
+    # torch.compile of the forward passes and losses (the backward is compiled with them by
+    # AOTAutograd); the optimizer and EMA stay eager, as in the eager variant.
+    compute = torch.compile(losses_of, mode=spec["compile"]) if spec.get("compile") else losses_of
+
+    def one_step():
+        k = step_count[0]
+        lr = warmup_cosine(k, peak, warmup, total, opt_cfg.final_lr)
+        loss, probe_loss = compute(views, labels)
         for p in online.parameters():
             p.grad = None
         probe_opt.zero_grad(set_to_none=True)
@@ -646,6 +676,7 @@ def torch_child(spec: dict) -> dict:
                 on = [p for n, p in online.named_parameters() if not n.startswith("predictor.")]
                 torch._foreach_lerp_(list(target.parameters()), on, 1 - tau)
         step_count[0] += 1
+        # float() waits for the device: each timed step includes its GPU work.
         return float(loss.detach())
 
     load_before = _timing.load_average()
@@ -654,6 +685,10 @@ def torch_child(spec: dict) -> dict:
     online.train()
     if target is not None:
         target.train()
+    # The first step compiles (torch.compile) and autotunes (cudnn.benchmark): timed apart.
+    first = time.perf_counter()
+    losses.append(one_step())
+    first_step_s = time.perf_counter() - first
     cpu_times: list[float] = []
     times = _timing.time_calls(
         lambda: losses.append(one_step()),
@@ -665,6 +700,9 @@ def torch_child(spec: dict) -> dict:
         **spec,
         "side": "pytorch",
         "torch": torch.__version__,
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "first_step_s": round(first_step_s, 2),
         "torch_default_threads": default_threads,
         "torch_threads": torch.get_num_threads(),
         "batch": config.global_batch,
@@ -801,7 +839,19 @@ def run_layers(args) -> list[dict]:
 # ----------------------------------------------------------------------------------------------
 # Parent: settings sweep, interleaved pairs, ratios.
 # ----------------------------------------------------------------------------------------------
-def run_torch(method, dtype, args, *, malloc, format, threads, steps, warmup, phase):  # noqa: A002
+def run_torch(  # noqa: PLR0913
+    method,
+    dtype,
+    args,
+    *,
+    malloc,
+    format,  # noqa: A002
+    threads,
+    steps,
+    warmup,
+    phase,
+    compile_mode="",
+):
     spec = {
         "method": method,
         "model": args.model,
@@ -811,7 +861,10 @@ def run_torch(method, dtype, args, *, malloc, format, threads, steps, warmup, ph
         "threads": threads,
         "steps": steps,
         "warmup": warmup,
+        "compile": compile_mode,
     }
+    if args.batch:
+        spec["batch"] = args.batch
     row = _timing.run_child(__file__, spec, devices=None, malloc=malloc)
     row.update(side="pytorch", phase=phase)
     return row
@@ -829,6 +882,8 @@ def run_jax(method, dtype, args, *, devices, malloc, steps, warmup, phase):
         "steps": steps,
         "warmup": warmup,
     }
+    if args.batch:
+        spec["batch"] = args.batch
     row = _timing.run_child(STEP_SCRIPT, spec, devices=devices, malloc=malloc)
     row.update(side="ssljax", phase=phase)
     return row
@@ -868,6 +923,9 @@ def parse_args(argv=None):
         default="resnet18_cifar",
         choices=("resnet18_cifar", "resnet50", "resnet_tiny"),
     )
+    parser.add_argument(
+        "--batch", type=int, default=0, help="global batch (0: the model's, 256 / 32 / 16)"
+    )
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3, help="pairs for the headline ratio")
@@ -879,6 +937,12 @@ def parse_args(argv=None):
         "--torch-settings",
         default="1/default/contiguous,2/tuned/contiguous,2/tuned/channels_last",
         help="PyTorch settings threads/malloc/format tried in every pair; the fastest counts",
+    )
+    parser.add_argument(
+        "--torch-compile",
+        default="",
+        help="also time the PyTorch step under torch.compile with this mode (e.g. "
+        "max-autotune-no-cudagraphs, default); its first step (compilation) is reported apart",
     )
     parser.add_argument("--jax-devices", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--jax-malloc", default="tuned", choices=sorted(_timing.MALLOC_SETTINGS))
@@ -975,10 +1039,26 @@ def main(argv=None) -> None:
             for setting in torch_settings:
                 row = run_torch(method, dtype, args, **setting, phase=phase, **common)
                 record({**row, "repeat": r})
-        for ratio in pair_ratios(rows):
-            if (ratio["method"], ratio["dtype"]) == (method, dtype):
-                print(f"ratio ssljax/PyTorch {method} {dtype}: {ratio['ratios']}")
+            if args.torch_compile:
+                # torch.compile at the last setting (on a GPU: the one setting that matters).
+                row = run_torch(
+                    method,
+                    dtype,
+                    args,
+                    **torch_settings[-1],
+                    phase=phase,
+                    compile_mode=args.torch_compile,
+                    **common,
+                )
+                record({**row, "repeat": r})
+        for compiled in (False, True) if args.torch_compile else (False,):
+            for ratio in pair_ratios(rows, compiled=compiled):
+                if (ratio["method"], ratio["dtype"]) == (method, dtype):
+                    what = "torch.compile" if compiled else "PyTorch"
+                    print(f"ratio ssljax/{what} {method} {dtype}: {ratio['ratios']}")
     meta["ratios"] = pair_ratios(earlier + rows)
+    if args.torch_compile:
+        meta["ratios_vs_torch_compile"] = pair_ratios(earlier + rows, compiled=True)
     _timing.write_results(args.out, meta, earlier + rows)
     print()
     _timing.print_table(meta["ratios"], RATIO_COLUMNS)
@@ -1010,8 +1090,10 @@ RATIO_COLUMNS = (
 )
 
 
-def pair_ratios(rows: list[dict]) -> list[dict]:
+def pair_ratios(rows: list[dict], compiled: bool = False) -> list[dict]:
     """ssljax/PyTorch images/s of each measured pair, grouped by (method, dtype).
+
+    ``compiled`` compares with the ``torch.compile`` rows instead of the eager ones.
 
     A pair is the rows of one (run, phase, method, dtype, repeat) outside the sweep, measured
     back to back: ssljax's, and PyTorch's at each of its settings, of which the fastest counts
@@ -1020,6 +1102,8 @@ def pair_ratios(rows: list[dict]) -> list[dict]:
     pairs: dict[tuple, dict[str, dict]] = {}
     for r in rows:
         if r.get("phase") == "sweep" or "error" in r or "images_per_s" not in r:
+            continue
+        if r["side"] == "pytorch" and bool(r.get("compile")) != compiled:
             continue
         key = (r.get("run"), r["method"], r["dtype"], r.get("phase"), r.get("repeat", 0))
         sides = pairs.setdefault(key, {})
