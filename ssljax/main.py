@@ -9,6 +9,7 @@ from ssljax import host_devices
 _DEVICE_MESSAGE = host_devices.configure_cpu_devices()
 
 import logging as pylogging  # noqa: E402
+import sys  # noqa: E402
 
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
@@ -47,9 +48,30 @@ def main(argv):
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 
 
+def _parse_flags(argv: list[str]) -> list[str]:
+    """Parses the flags as absl does; an override of a field the config lacks is one line.
+
+    ml_collections raises a bare ``AttributeError: "'name'"`` with a traceback for
+    ``--config.name=...`` when the config has no such field.
+    """
+    try:
+        return app.parse_flags_with_usage(argv)
+    except (AttributeError, KeyError) as err:
+        key = str(err).strip("\"'")
+        bad = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.") and key in a]
+        flag = bad[0] if bad else f"--config...{key}"
+        config_file = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), "")
+        print(
+            f"error: {flag}: the config {config_file} has no field {key!r}; check the spelling "
+            "(the fields are listed in ssljax/config_schema.py).",
+            file=sys.stderr,
+        )
+        sys.exit(2)
+
+
 def run():
     """Console-script entry point (``ssljax-train``)."""
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":

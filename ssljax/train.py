@@ -271,6 +271,15 @@ def _all_finite(tree: PyTree) -> jax.Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
 
 
+def step_is_finite(loss: jax.Array, grads: PyTree, updated: PyTree) -> jax.Array:
+    """Whether a step may be applied: its loss, gradients and *updated* state all finite.
+
+    The update is checked too: finite gradients times a huge learning rate can overflow the
+    params (issue 18: ``base_lr=1e30`` gave finite losses and infinite params).
+    """
+    return jnp.isfinite(loss) & _all_finite(grads) & _all_finite(updated)
+
+
 def make_train_step(
     comps: Components, config: ml_collections.ConfigDict
 ) -> Callable[[TrainState, Mapping[str, jax.Array]], tuple[TrainState, dict[str, jax.Array]]]:
@@ -335,12 +344,8 @@ def make_train_step(
         else:
             new_target = state.target_params
 
-        # The update must be finite too: finite gradients times a huge learning rate can
-        # overflow the params (issue 18: base_lr=1e30 gave finite losses and inf params).
-        finite = (
-            jnp.isfinite(ssl_loss)
-            & _all_finite(grads)
-            & _all_finite((new_params, new_bs, new_probe_params, new_target, new_target_bs))
+        finite = step_is_finite(
+            ssl_loss, grads, (new_params, new_bs, new_probe_params, new_target, new_target_bs)
         )
         proposed = state.replace(
             step=state.step + 1,
@@ -521,9 +526,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       when the run stopped early on SIGTERM (after writing a checkpoint).
 
     Raises:
-      ValueError: for an invalid config or a workdir holding a run with another config,
-        before anything is compiled.
-      FloatingPointError: after ``config.max_consecutive_nonfinite`` non-finite steps in a row.
+      ValueError: for an invalid config, a split the dataset lacks, a workdir holding a run
+        with another config, or a checkpoint that does not fit this config, before anything
+        is compiled.
+      PermissionError: if the workdir or its checkpoint folder is not writable.
+      ssljax.workdir_lock.WorkdirInUseError: if another run holds the workdir.
+      FloatingPointError: after ``config.max_consecutive_nonfinite`` non-finite steps in a row,
+        or when the run ends on non-finite steps (no final checkpoint or summary then).
+      ssljax.checkpointing.CheckpointSaveError: if a checkpoint cannot be written.
     """
     # --- Start-up checks: a typo must cost a second, not a compilation. -----------------------
     workdir = os.path.abspath(os.path.expanduser(workdir))

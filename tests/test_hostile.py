@@ -251,14 +251,17 @@ def test_item2_evaluate_and_export_skip_non_finite_weights(poisoned_run, tmp_pat
 # ------------------------------------------------------------------------------------------------
 # 3. The non-finite guard: updated params checked, every step counted, non-zero exit.
 # ------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_item3_a_step_whose_update_overflows_is_skipped():
     import test_train
 
+    # Finite loss and gradients; lr * weight_decay * params overflows float32 in the update.
     config = test_train.small_config(
         "byol",
         **{
             "optimizer.name": "sgd",
             "optimizer.base_lr": 3e38,
+            "optimizer.weight_decay": 3e38,
             "optimizer.exclude_from_weight_decay": (),
         },
     )
@@ -277,6 +280,16 @@ def test_item3_a_step_whose_update_overflows_is_skipped():
         np.testing.assert_array_equal(a, b)
 
 
+def test_item3_the_update_decides_whether_a_step_is_finite():
+    grads = {"w": jnp.ones((3,))}
+    ok = ({"w": jnp.ones((3,))}, {})
+    assert bool(train.step_is_finite(jnp.float32(1.0), grads, ok))
+    # Finite loss and gradients, but the updated params overflowed: not a finite step.
+    blown = ({"w": jnp.array([1.0, jnp.inf, 2.0])}, {})
+    assert not bool(train.step_is_finite(jnp.float32(1.0), grads, blown))
+    assert not bool(train.step_is_finite(jnp.float32(jnp.nan), grads, ok))
+
+
 def test_item3_consecutive_limit_is_counted_on_every_step_between_flushes():
     counts = [0, 1, 2, 3, 0, 0, 0, 0]
     rows = [(s, {"nonfinite_count": c}) for s, c in zip(range(1, 9), counts, strict=True)]
@@ -285,6 +298,7 @@ def test_item3_consecutive_limit_is_counted_on_every_step_between_flushes():
     train.check_nonfinite_counts(rows, limit=4, latest_checkpoint="step 0 in /x")
 
 
+@pytest.mark.slow
 def test_item3_a_run_ending_on_non_finite_steps_fails_and_saves_nothing_non_finite(tmp_path):
     workdir = tmp_path / "run"
     config = small_config(
@@ -363,6 +377,7 @@ def test_item5_first_ctrl_c_asks_to_stop_second_aborts():
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
+@pytest.mark.slow
 def test_item5_exception_in_the_loop_waits_for_the_async_checkpoint(tmp_path, monkeypatch):
     workdir = tmp_path / "run"
     config = small_config(tmp_path, num_steps=8, **{"checkpoint.async_save": True})
@@ -453,6 +468,23 @@ def test_item8_palette_with_transparency_and_out_of_range_floats(tmp_path):
     assert err is not None and "mode F" in err and "[0, 1]" in err
 
 
+def test_item8_prepare_stores_a_16_bit_png_scaled_not_white(tmp_path):
+    import tensorflow_datasets as tfds
+
+    from ssljax.data.prepare import prepare
+
+    ramp = (np.arange(16, dtype=np.uint32).reshape(4, 4) * 4369).astype(np.uint16)  # 0..65535
+    for split in ("train", "test"):
+        for c in ("a", "b"):
+            (tmp_path / "root" / split / c).mkdir(parents=True)
+            Image.fromarray(ramp).save(tmp_path / "root" / split / c / "x.png")
+    prepare("image_folder", tmp_path / "data", root=tmp_path / "root")
+    records = tfds.data_source("image_folder", split="train", data_dir=str(tmp_path / "data"))
+    stored = np.asarray(records[0]["image"])
+    want = np.round(ramp / 257.0).astype(np.uint8)  # 0, 17, 34, ..., 255
+    np.testing.assert_array_equal(stored, np.stack([want] * 3, axis=-1))
+
+
 # ------------------------------------------------------------------------------------------------
 # 9. Every split the run needs is checked at start-up.
 # ------------------------------------------------------------------------------------------------
@@ -514,6 +546,30 @@ def test_item11_resume_truncates_metrics_to_the_checkpoint(tmp_path):
     assert [r["step"] for r in rows] == [0, 1, 2, 3, 4, 5, 6, 7, 8]
     assert [r["loss"] for r in rows[5:]] == [15.0, 14.0, 13.0, 12.0]
     assert _tensorboard_steps(tmp_path) == [1, 2, 3, 4, 5, 6, 7, 8]
+
+
+@pytest.mark.slow
+def test_item11_metrics_after_a_kill_between_checkpoint_and_flush(tmp_path, monkeypatch):
+    workdir = tmp_path / "run"
+    config = small_config(tmp_path, num_steps=8, log_every_steps=5)
+    original = checkpointing.Checkpointer.save
+
+    class Killed(BaseException):
+        pass
+
+    def save_then_die(self, step, *args, **kwargs):
+        original(self, step, *args, **kwargs)
+        if step == 4:
+            raise Killed  # as SIGKILL right after checkpoint 4, before the flush at step 5
+
+    monkeypatch.setattr(checkpointing.Checkpointer, "save", save_then_die)
+    with pytest.raises(Killed):
+        train.train_and_evaluate(config, str(workdir))
+    monkeypatch.setattr(checkpointing.Checkpointer, "save", original)
+    train.train_and_evaluate(config, str(workdir))
+    rows = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss" in r] == list(range(1, 9))
+    assert _tensorboard_steps(workdir) == list(range(1, 9))
 
 
 # ------------------------------------------------------------------------------------------------
