@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 from typing import Any
 
@@ -120,6 +121,22 @@ def describe_mismatch(stored: Any, expected: Any) -> list[str]:
                 f"this run has {want[path][0]} {want[path][1]}"
             )
     return lines
+
+
+def _cause(err: BaseException) -> str:
+    """The operating system's reason for a failed write, without tensorstore's long spec.
+
+    Tensorstore reports ENOSPC as ``ValueError: RESOURCE_EXHAUSTED: ... [os_error_code='28']``
+    followed by kilobytes of JSON; the error code is the useful part.
+    """
+    code = getattr(err, "errno", None)
+    if code is None:
+        found = re.search(r"os_error_code='(\d+)'", str(err))
+        code = int(found.group(1)) if found else None
+    if code is not None:
+        return f"{os.strerror(code)}, errno {code}"
+    first_line = (str(err).strip().splitlines() or [""])[0]
+    return f"{type(err).__name__}: {first_line[:200]}"
 
 
 def _stored_tree(state_dir: str) -> Any:
@@ -229,12 +246,11 @@ class Checkpointer:
             free = f"{shutil.disk_usage(self.directory).free / 2**30:.2f} GiB free there"
         except OSError:
             free = "free space unknown"
-        first_line = (str(err).strip().splitlines() or [""])[0][:300]
         kept = [s for s in self._manager.all_steps() if s != self._saving_step]
         previous = f"step {max(kept)}" if kept else "none"
         return CheckpointSaveError(
             f"Saving checkpoint {self._saving_step} to {self.directory} failed "
-            f"({type(err).__name__}: {first_line}); {free}. The previous checkpoint ({previous}) "
+            f"({_cause(err)}); {free}. The previous checkpoint ({previous}) "
             "is kept: free disk space (or lower config.checkpoint.keep) and rerun the same "
             "command to resume from it."
         )
