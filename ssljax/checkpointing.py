@@ -223,6 +223,8 @@ class Checkpointer:
                 f"{len(nonfinite)} array(s) ({shown}). The newest checkpoint "
                 f"(step {self.latest_step()}) in {self.directory} is kept."
             )
+        # A failure of the previous (asynchronous) save is reported as that save's, not this one.
+        self.wait()
         try:
             if step in self._manager.all_steps():
                 if not force:
@@ -239,7 +241,7 @@ class Checkpointer:
                 force=True,
             )
         except Exception as err:  # noqa: BLE001 -- any failure to write is reported in one line
-            raise self._save_error(err) from err
+            raise self._save_error(err) from None  # the cause is in the message
 
     def _save_error(self, err: BaseException) -> CheckpointSaveError:
         try:
@@ -247,12 +249,15 @@ class Checkpointer:
         except OSError:
             free = "free space unknown"
         kept = [s for s in self._manager.all_steps() if s != self._saving_step]
-        previous = f"step {max(kept)}" if kept else "none"
+        previous = (
+            f"The previous checkpoint (step {max(kept)}) is kept: free disk space (or lower "
+            "config.checkpoint.keep) and rerun the same command to resume from it."
+            if kept
+            else "There is no earlier checkpoint: free disk space and rerun the same command."
+        )
         return CheckpointSaveError(
             f"Saving checkpoint {self._saving_step} to {self.directory} failed "
-            f"({_cause(err)}); {free}. The previous checkpoint ({previous}) "
-            "is kept: free disk space (or lower config.checkpoint.keep) and rerun the same "
-            "command to resume from it."
+            f"({_cause(err)}); {free}. {previous}"
         )
 
     def restore(
@@ -409,7 +414,7 @@ class Checkpointer:
         try:
             self._manager.wait_until_finished()
         except Exception as err:  # noqa: BLE001 -- reported in one line
-            raise self._save_error(err) from err
+            raise self._save_error(err) from None  # the cause is in the message
 
     def close(self) -> None:
         """Waits for pending saves and releases the manager."""
