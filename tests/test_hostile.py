@@ -316,6 +316,7 @@ def test_item3_a_run_ending_on_non_finite_steps_fails_and_saves_nothing_non_fini
         train.train_and_evaluate(config, str(workdir))
     assert not (workdir / "summary.json").exists()
     ckpts = [p for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()]
+    assert ckpts, "the checkpoints of steps 2 and 4 hold the last finite state"
     for p in ckpts:
         restored = ocp.PyTreeCheckpointer().restore(p / "state")
         for leaf in jax.tree.leaves(restored["params"]):
