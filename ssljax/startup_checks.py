@@ -8,6 +8,7 @@ the final kNN).
 from __future__ import annotations
 
 import os
+import socket
 from typing import Any
 
 import ml_collections
@@ -25,7 +26,8 @@ def check_writable(path: str, what: str) -> None:
     """
     try:
         os.makedirs(path, exist_ok=True)
-        probe = os.path.join(path, f".write_test_{os.getpid()}")
+        # Host and pid: processes of a multi-host run check a shared folder at the same time.
+        probe = os.path.join(path, f".write_test_{socket.gethostname()}_{os.getpid()}")
         with open(probe, "w", encoding="utf-8") as f:
             f.write("ok")
         with open(probe, encoding="utf-8") as f:
