@@ -23,9 +23,9 @@ class PreemptionWatcher:
     Use as a context manager around the loop; the previous SIGTERM and SIGINT handlers are
     restored on exit. SIGINT (Ctrl-C) is treated like SIGTERM: the step in flight finishes, a
     checkpoint is written and the run exits 0; a second Ctrl-C aborts at once
-    (``KeyboardInterrupt``). Watchers nest: one entered inside another shares its flag, so a
-    signal received during start-up (outer watcher) stops the loop (inner watcher) at its
-    first step.
+    (``KeyboardInterrupt``). Watchers nest: one entered inside another shares its flag and its
+    count of Ctrl-Cs, so a signal received during start-up (outer watcher) stops the loop
+    (inner watcher) at its first step, and a second Ctrl-C there aborts.
     """
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -34,7 +34,7 @@ class PreemptionWatcher:
         self._flag = threading.Event()
         self._previous: dict[int, object] = {}
         self._multi = jax.process_count() > 1
-        self._interrupts = 0
+        self._interrupts = [0]  # Ctrl-Cs so far; a list so that nested watchers share it
 
     def __enter__(self) -> PreemptionWatcher:
         if not self._multi and threading.current_thread() is threading.main_thread():
@@ -43,7 +43,7 @@ class PreemptionWatcher:
                 self._previous[sig] = previous
                 outer = getattr(previous, "__self__", None)
                 if isinstance(outer, PreemptionWatcher):
-                    self._flag = outer._flag
+                    self._flag, self._interrupts = outer._flag, outer._interrupts
         return self
 
     def __exit__(self, *exc) -> None:
@@ -54,8 +54,8 @@ class PreemptionWatcher:
     def _on_signal(self, signum, frame) -> None:
         del frame
         if signum == signal.SIGINT:
-            self._interrupts += 1
-            if self._interrupts > 1:
+            self._interrupts[0] += 1
+            if self._interrupts[0] > 1:
                 raise KeyboardInterrupt("second Ctrl-C: aborting without a final checkpoint")
         name = signal.Signals(signum).name
         logging.warning(

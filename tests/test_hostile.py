@@ -376,6 +376,13 @@ def test_item5_first_ctrl_c_asks_to_stop_second_aborts():
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGINT)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    # Ctrl-C during start-up (outer watcher), then again in the loop (inner one): aborts.
+    with preemption.PreemptionWatcher():
+        os.kill(os.getpid(), signal.SIGINT)
+        with preemption.PreemptionWatcher() as inner:
+            assert inner.should_stop(1)
+            with pytest.raises(KeyboardInterrupt):
+                os.kill(os.getpid(), signal.SIGINT)
 
 
 @pytest.mark.slow
