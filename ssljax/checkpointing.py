@@ -1,9 +1,13 @@
 """Checkpoints through ``orbax-checkpoint``: the train state and the data loader's position.
 
-One checkpoint holds two items: ``state`` (the whole :class:`~ssljax.train_state.TrainState`,
-restored directly into its sharding) and ``loader`` (the input iterator's state, so a resumed
-run continues with exactly the batches that would have come next). Saves are asynchronous;
-the final save waits.
+One checkpoint holds three items: ``state`` (the whole :class:`~ssljax.train_state.TrainState`,
+restored directly into its sharding), ``loader`` (the input iterator's state, so a resumed
+run continues with exactly the batches that would have come next) and ``integrity`` (a checksum
+per array, verified on restore). Saves are asynchronous; the final save waits.
+
+Damage and mismatch are told apart: a checkpoint that cannot be read, or whose bytes changed, is
+renamed ``<step>.damaged`` and the previous one is used; a checkpoint that reads but does not
+fit the state this config builds raises an error naming the arrays, and nothing is renamed.
 """
 
 from __future__ import annotations
@@ -11,11 +15,19 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
+import shutil
 from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
+
+from ssljax import checkpoint_integrity
+
+# The items of one checkpoint: the train state, the loader's position, the state's checksums.
+ITEM_NAMES = ("state", "loader", "integrity")
 
 # Fields that may change between a run and its resumption: they do not change what is
 # computed, only how long, how often it is reported, or where things are.
@@ -50,30 +62,144 @@ def _decode_loader_state(blob: dict[str, Any]) -> Any:
     return None
 
 
+class CheckpointMismatchError(ValueError):
+    """A readable checkpoint whose arrays do not fit the state this run builds (not damage)."""
+
+
+class CheckpointDamagedError(RuntimeError):
+    """A checkpoint that cannot be trusted: unreadable, missing files, wrong checksum, NaN/inf."""
+
+
+class CheckpointSaveError(OSError):
+    """Writing a checkpoint failed (disk full, permissions, ...); the message is one line."""
+
+
+class NonFiniteStateError(FloatingPointError):
+    """A state holding NaN or infinity was about to be saved; it is refused."""
+
+
+def free_name(path: str, suffix: str = ".damaged") -> str:
+    """``path + suffix``, or ``path + suffix + '.N'`` with the smallest N not taken yet."""
+    candidate, n = path + suffix, 1
+    while os.path.lexists(candidate):
+        candidate, n = f"{path}{suffix}.{n}", n + 1
+    return candidate
+
+
+def _shapes(tree: Any) -> dict[str, tuple[tuple[int, ...], str]]:
+    """``{path: (shape, dtype)}`` of a tree of arrays, abstract arrays or orbax metadata."""
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {
+        checkpoint_integrity.path_name(path): (tuple(leaf.shape), str(np.dtype(leaf.dtype)))
+        for path, leaf in leaves
+        if hasattr(leaf, "shape") and hasattr(leaf, "dtype")
+    }
+
+
+def describe_mismatch(stored: Any, expected: Any) -> list[str]:
+    """One line per array whose presence, shape or dtype differs between two trees.
+
+    Args:
+      stored: the checkpoint's metadata tree (anything with ``.shape`` and ``.dtype`` leaves).
+      expected: the abstract state this run builds.
+
+    Returns:
+      The differences, parameters first; empty when the trees fit.
+    """
+    got, want = _shapes(stored), _shapes(expected)
+    lines = []
+    for path in sorted(set(got) | set(want), key=lambda p: (not p.startswith("params/"), p)):
+        if path not in got:
+            lines.append(
+                f"{path}: this run has {want[path][0]} {want[path][1]}, checkpoint has none"
+            )
+        elif path not in want:
+            lines.append(f"{path}: checkpoint has {got[path][0]} {got[path][1]}, this run has none")
+        elif got[path] != want[path]:
+            lines.append(
+                f"{path}: checkpoint has {got[path][0]} {got[path][1]}, "
+                f"this run has {want[path][0]} {want[path][1]}"
+            )
+    return lines
+
+
+def _cause(err: BaseException) -> str:
+    """The operating system's reason for a failed write, without tensorstore's long spec.
+
+    Tensorstore reports ENOSPC as ``ValueError: RESOURCE_EXHAUSTED: ... [os_error_code='28']``
+    followed by kilobytes of JSON; the error code is the useful part.
+    """
+    code = getattr(err, "errno", None)
+    if code is None:
+        found = re.search(r"os_error_code='(\d+)'", str(err))
+        code = int(found.group(1)) if found else None
+    if code is not None:
+        return f"{os.strerror(code)}, errno {code}"
+    first_line = (str(err).strip().splitlines() or [""])[0]
+    return f"{type(err).__name__}: {first_line[:200]}"
+
+
+def _stored_tree(state_dir: str) -> Any:
+    """The shapes and dtypes a checkpoint's ``state`` item holds, read from its metadata."""
+    from etils import epath
+
+    handler = ocp.PyTreeCheckpointHandler()
+    try:
+        metadata = handler.metadata(epath.Path(state_dir))
+    finally:
+        handler.close()
+    tree = metadata.tree if hasattr(metadata, "tree") else metadata
+    if tree is None:
+        raise ValueError(f"no metadata in {state_dir}")
+    return tree
+
+
 class Checkpointer:
     """Saves and restores ``(state, loader_state)`` under ``directory/<step>/``.
 
+    Each checkpoint also holds an ``integrity`` item: a checksum of every array of the state
+    (:mod:`ssljax.checkpoint_integrity`), verified when it is restored. A state with NaN or
+    infinity is never saved.
+
     Args:
-      directory: the checkpoint folder (created if missing).
+      directory: the checkpoint folder (created if missing, unless ``read_only``).
       keep: how many of the newest checkpoints to keep.
       async_save: return from :meth:`save` before the files are written.
+      read_only: only read (``config.init_from``): nothing in ``directory`` is created,
+        renamed or deleted.
     """
 
-    def __init__(self, directory: str, *, keep: int = 3, async_save: bool = True):
+    def __init__(
+        self,
+        directory: str,
+        *,
+        keep: int = 3,
+        async_save: bool = True,
+        read_only: bool = False,
+    ):
         self.directory = os.path.abspath(directory)
-        os.makedirs(self.directory, exist_ok=True)
-        options = ocp.CheckpointManagerOptions(
-            max_to_keep=keep,
-            enable_async_checkpointing=async_save,
-            create=True,
-        )
+        self.read_only = read_only
+        if read_only:
+            options = ocp.CheckpointManagerOptions(read_only=True, create=False)
+        else:
+            os.makedirs(self.directory, exist_ok=True)
+            options = ocp.CheckpointManagerOptions(
+                max_to_keep=keep,
+                enable_async_checkpointing=async_save,
+                create=True,
+            )
         self._manager = ocp.CheckpointManager(
-            self.directory, options=options, item_names=("state", "loader")
+            self.directory, options=options, item_names=ITEM_NAMES
         )
+        self._saving_step: int | None = None
 
     def latest_step(self) -> int | None:
         """The newest complete checkpoint's step, or ``None``."""
         return self._manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        """Steps of every complete checkpoint, oldest first."""
+        return sorted(self._manager.all_steps())
 
     def save(self, step: int, state: Any, loader_state: Any, *, force: bool = False) -> None:
         """Starts saving ``state`` and ``loader_state`` as checkpoint ``step``.
@@ -83,75 +209,219 @@ class Checkpointer:
           state: the train state (a pytree of ``jax.Array``).
           loader_state: the input iterator's state for the batches consumed so far.
           force: save even if a checkpoint of this step exists (it is replaced).
+
+        Raises:
+          NonFiniteStateError: if any floating-point array of ``state`` holds NaN or infinity
+            (nothing is written).
+          CheckpointSaveError: if writing failed (this save's or an earlier asynchronous one's).
         """
-        if step in self._manager.all_steps():
-            if not force:
-                return
-            self._manager.delete(step)
-        self._manager.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state),
-                loader=ocp.args.JsonSave(_encode_loader_state(loader_state)),
-            ),
-            force=True,
+        checksums, nonfinite = checkpoint_integrity.summarize(state)
+        if nonfinite:
+            shown = ", ".join(nonfinite[:5]) + (" ..." if len(nonfinite) > 5 else "")
+            raise NonFiniteStateError(
+                f"Refusing to save checkpoint {step}: the state holds NaN or infinity in "
+                f"{len(nonfinite)} array(s) ({shown}). The newest checkpoint "
+                f"(step {self.latest_step()}) in {self.directory} is kept."
+            )
+        # A failure of the previous (asynchronous) save is reported as that save's, not this one.
+        self.wait()
+        try:
+            if step in self._manager.all_steps():
+                if not force:
+                    return
+                self._manager.delete(step)
+            self._saving_step = step
+            self._manager.save(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(state),
+                    loader=ocp.args.JsonSave(_encode_loader_state(loader_state)),
+                    integrity=ocp.args.JsonSave({"checksums": checksums}),
+                ),
+                force=True,
+            )
+        except Exception as err:  # noqa: BLE001 -- any failure to write is reported in one line
+            raise self._save_error(err) from None  # the cause is in the message
+
+    def _save_error(self, err: BaseException) -> CheckpointSaveError:
+        try:
+            free = f"{shutil.disk_usage(self.directory).free / 2**30:.2f} GiB free there"
+        except OSError:
+            free = "free space unknown"
+        kept = [s for s in self._manager.all_steps() if s != self._saving_step]
+        previous = (
+            f"The previous checkpoint (step {max(kept)}) is kept: free disk space (or lower "
+            "config.checkpoint.keep) and rerun the same command to resume from it."
+            if kept
+            else "There is no earlier checkpoint: free disk space and rerun the same command."
+        )
+        return CheckpointSaveError(
+            f"Saving checkpoint {self._saving_step} to {self.directory} failed "
+            f"({_cause(err)}); {free}. {previous}"
         )
 
-    def restore(self, step: int, abstract_state: Any, shardings: Any) -> tuple[Any, Any]:
-        """Restores checkpoint ``step`` into ``shardings``.
+    def restore(
+        self,
+        step: int,
+        abstract_state: Any,
+        shardings: Any,
+        *,
+        fields: tuple[str, ...] | None = None,
+    ) -> tuple[Any, Any]:
+        """Restores checkpoint ``step`` into ``shardings``, verifying every array read.
 
         Args:
           step: which checkpoint.
           abstract_state: a pytree of ``jax.ShapeDtypeStruct`` (e.g. from ``jax.eval_shape``).
           shardings: a matching pytree of ``jax.sharding.Sharding``.
+          fields: restore only these top-level fields of the state (e.g. the params for
+            ``init_from``); ``None`` restores everything.
 
         Returns:
-          ``(state, loader_state)``.
+          ``(state, loader_state)``; with ``fields``, ``state`` is a dict of those fields and
+          ``loader_state`` is ``None``.
+
+        Raises:
+          CheckpointMismatchError: the checkpoint reads but its arrays do not fit
+            ``abstract_state`` (another model, optimizer or config): nothing is renamed.
+          CheckpointDamagedError: the checkpoint cannot be read, or an array's checksum or
+            finiteness is wrong.
         """
+        path = os.path.join(self.directory, str(step))
         target = jax.tree.map(
             lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
             abstract_state,
             shardings,
         )
-        restored = self._manager.restore(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(target), loader=ocp.args.JsonRestore()
-            ),
-        )
-        return restored["state"], _decode_loader_state(restored["loader"])
+        if fields is not None:
+            target = {f: getattr(target, f) for f in fields}
+        try:
+            stored_tree = _stored_tree(os.path.join(path, "state"))
+        except Exception as err:  # noqa: BLE001 -- unreadable metadata is damage
+            raise CheckpointDamagedError(
+                f"its metadata does not read ({type(err).__name__}: {err})"
+            ) from err
+        if fields is not None:
+            # Everything else on disk is skipped (orbax's placeholder), not read.
+            others = {
+                k: jax.tree.map(lambda _: ocp.PLACEHOLDER, v)
+                for k, v in stored_tree.items()
+                if k not in fields
+            }
+            stored_tree = {f: stored_tree.get(f, {}) for f in fields}
+        mismatch = describe_mismatch(stored_tree, target)
+        if mismatch:
+            shown = "\n  ".join(mismatch[:12])
+            more = f"\n  ... and {len(mismatch) - 12} more" if len(mismatch) > 12 else ""
+            raise CheckpointMismatchError(
+                f"Checkpoint {path} does not fit the state this config builds (a different "
+                f"model, heads or optimizer):\n  {shown}{more}\nThe checkpoint is intact and "
+                "was left as it is. Run with the config it was trained with, or use a new "
+                "--workdir (with --config.init_from to start from its weights)."
+            )
+        has_integrity = os.path.isdir(os.path.join(path, "integrity"))
+        try:
+            if fields is None:
+                args = {
+                    "state": ocp.args.StandardRestore(target),
+                    "loader": ocp.args.JsonRestore(),
+                }
+            else:
+                restore_args = jax.tree.map(
+                    lambda t: ocp.ArrayRestoreArgs(
+                        sharding=t.sharding, global_shape=t.shape, dtype=t.dtype
+                    ),
+                    target,
+                )
+                args = {
+                    "state": ocp.args.PyTreeRestore(
+                        item={**target, **others}, restore_args={**restore_args, **others}
+                    )
+                }
+            if has_integrity:
+                args["integrity"] = ocp.args.JsonRestore()
+            restored = self._manager.restore(step, args=ocp.args.Composite(**args))
+        except Exception as err:  # noqa: BLE001 -- any failure to read after the metadata fit
+            raise CheckpointDamagedError(f"{type(err).__name__}: {err}") from err
+        state = restored["state"]
+        checksums, nonfinite = checkpoint_integrity.summarize(state)
+        if has_integrity:
+            bad = checkpoint_integrity.mismatched(
+                checksums, restored["integrity"].get("checksums", {})
+            )
+            if bad:
+                raise CheckpointDamagedError(
+                    f"the checksums of {len(bad)} array(s) differ from those written at save "
+                    f"time ({', '.join(bad[:5])}): its bytes changed on disk"
+                )
+        else:
+            logging.warning("Checkpoint %s has no checksums (older format): not verified.", path)
+        if nonfinite:
+            raise CheckpointDamagedError(
+                f"it holds NaN or infinity in {len(nonfinite)} array(s) "
+                f"({', '.join(nonfinite[:5])})"
+            )
+        if fields is not None:
+            return state, None
+        return state, _decode_loader_state(restored["loader"])
 
-    def restore_latest(self, abstract_state: Any, shardings: Any) -> tuple[Any, Any] | None:
-        """Restores the newest checkpoint that reads back; ``None`` when there is none.
+    def restore_latest(
+        self, abstract_state: Any, shardings: Any, *, fields: tuple[str, ...] | None = None
+    ) -> tuple[Any, Any] | None:
+        """Restores the newest checkpoint that reads back intact; ``None`` when there is none.
 
-        A checkpoint that fails to restore (truncated or missing files) is reported by name,
-        renamed to ``<step>.damaged`` -- kept for inspection, never deleted -- and the next
-        older one is tried.
+        A damaged checkpoint (unreadable, missing files, a wrong checksum, NaN or infinity) is
+        reported by name, renamed to a free ``<step>.damaged`` name -- kept for inspection,
+        never deleted; left in place when ``read_only`` -- and the next older one is tried.
+        A checkpoint that reads but does not fit this run's state is not damaged: that raises.
+
+        Raises:
+          CheckpointMismatchError: see :meth:`restore`.
         """
+        damaged = []
         for step in sorted(self._manager.all_steps(), reverse=True):
             try:
-                return self.restore(step, abstract_state, shardings)
-            except Exception as err:  # noqa: BLE001 -- any failure to read means "damaged"
+                return self.restore(step, abstract_state, shardings, fields=fields)
+            except CheckpointDamagedError as err:
                 path = os.path.join(self.directory, str(step))
+                damaged.append(step)
                 logging.warning(
-                    "Checkpoint %s is damaged and will be skipped (%s: %s); trying an older one.",
+                    "Checkpoint %s is damaged and will be skipped (%s); trying an older one.",
                     path,
-                    type(err).__name__,
                     err,
                 )
-                if jax.process_index() == 0 and os.path.exists(path):
-                    os.rename(path, path + ".damaged")
+                if not self.read_only and jax.process_index() == 0 and os.path.exists(path):
+                    new_path = free_name(path)
+                    os.rename(path, new_path)
+                    logging.warning("Renamed %s to %s (kept for inspection).", path, new_path)
                 self._manager.reload()
+        if damaged:
+            logging.error(
+                "None of the %d checkpoint(s) in %s is usable (steps %s, all damaged)%s.",
+                len(damaged),
+                self.directory,
+                damaged,
+                "" if self.read_only else "; they were renamed *.damaged",
+            )
         return None
 
     def wait(self) -> None:
-        """Blocks until every pending asynchronous save is on disk."""
-        self._manager.wait_until_finished()
+        """Blocks until every pending asynchronous save is on disk.
+
+        Raises:
+          CheckpointSaveError: if a pending save failed.
+        """
+        try:
+            self._manager.wait_until_finished()
+        except Exception as err:  # noqa: BLE001 -- reported in one line
+            raise self._save_error(err) from None  # the cause is in the message
 
     def close(self) -> None:
         """Waits for pending saves and releases the manager."""
-        self._manager.wait_until_finished()
-        self._manager.close()
+        try:
+            self.wait()
+        finally:
+            self._manager.close()
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -182,6 +452,17 @@ def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> dict[s
     return diffs
 
 
+def has_checkpoint(workdir: str) -> bool:
+    """Whether ``workdir/checkpoints`` holds a finished checkpoint (a folder named by a step)."""
+    directory = os.path.join(workdir, "checkpoints")
+    if not os.path.isdir(directory):
+        return False
+    return any(
+        name.isdigit() and os.path.isdir(os.path.join(directory, name))
+        for name in os.listdir(directory)
+    )
+
+
 def check_config_matches(config: ml_collections.ConfigDict, workdir: str) -> None:
     """Refuses to resume a run in ``workdir`` that was started with a different config.
 
@@ -189,7 +470,8 @@ def check_config_matches(config: ml_collections.ConfigDict, workdir: str) -> Non
       ValueError: listing each differing field, unless ``config.allow_config_change``.
     """
     path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
+    # A config.json without a checkpoint is left by a start that failed: nothing to resume.
+    if not os.path.exists(path) or not has_checkpoint(workdir):
         return
     with open(path, encoding="utf-8") as f:
         saved = json.load(f)
@@ -207,6 +489,11 @@ def check_config_matches(config: ml_collections.ConfigDict, workdir: str) -> Non
         f"{workdir} holds a run with a different config:\n{lines}\n"
         "Use a new --workdir, or pass --config.allow_config_change=True to resume anyway."
     )
+
+
+# What config.init_from takes from another run: weights and statistics, not its optimizer
+# state, RNG or step (those start fresh, so the optimizer may differ).
+INIT_FROM_FIELDS = ("step", "params", "batch_stats", "target_params", "target_batch_stats")
 
 
 def load_params_from(path: str, state: Any, shardings: Any) -> Any:
@@ -231,17 +518,17 @@ def load_params_from(path: str, state: Any, shardings: Any) -> Any:
     )
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"config.init_from: no checkpoints folder at {directory}.")
-    ckpt = Checkpointer(directory, async_save=False)
+    # Another run's folder is only read: never renamed into, written or cleaned up.
+    ckpt = Checkpointer(directory, read_only=True)
     abstract = jax.eval_shape(lambda s: s, state)
-    restored = ckpt.restore_latest(abstract, shardings)
-    ckpt.close()
+    try:
+        restored = ckpt.restore_latest(abstract, shardings, fields=INIT_FROM_FIELDS)
+    except CheckpointMismatchError as err:
+        raise CheckpointMismatchError(f"config.init_from: {err}") from err
+    finally:
+        ckpt.close()
     if restored is None:
         raise FileNotFoundError(f"config.init_from: no readable checkpoint in {directory}.")
     other, _ = restored
-    logging.info("Initialised params from %s (step %d).", directory, int(other.step))
-    return state.replace(
-        params=other.params,
-        batch_stats=other.batch_stats,
-        target_params=other.target_params,
-        target_batch_stats=other.target_batch_stats,
-    )
+    logging.info("Initialised params from %s (step %d).", directory, int(other["step"]))
+    return state.replace(**{f: other[f] for f in INIT_FROM_FIELDS if f != "step"})

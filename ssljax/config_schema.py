@@ -7,6 +7,8 @@ fails in the first second with a message that names the field, not after compila
 
 from __future__ import annotations
 
+import math
+
 import ml_collections
 
 # Defaults of one augmented view (BYOL's view 1, Grill et al. 2020, Table 6). Configs override
@@ -155,6 +157,19 @@ def _fail(field: str, message: str) -> None:
     raise ValueError(f"config.{field}: {message}")
 
 
+def _check_finite_numbers(node, prefix: str = "") -> None:
+    """Refuses NaN or infinity in any numeric field (or tuple of numbers), naming the field."""
+    for key, value in node.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, (dict, ml_collections.ConfigDict)):
+            _check_finite_numbers(value, name + ".")
+            continue
+        values = value if isinstance(value, (tuple, list)) else (value,)
+        for v in values:
+            if isinstance(v, float) and not math.isfinite(v):
+                _fail(name, f"must be a finite number, got {value}.")
+
+
 def validate(
     config: ml_collections.ConfigDict, *, num_devices: int, num_processes: int = 1
 ) -> None:
@@ -170,7 +185,11 @@ def validate(
     """
     from ssljax import methods  # late import: configs import this module
 
+    # First: NaN passes every comparison below (nan < 0 is False) and fails much later.
+    _check_finite_numbers(config)
     methods.get_method(config.method)
+    if config.seed < 0:
+        _fail("seed", f"must be >= 0 (a PRNG seed), got {config.seed}.")
     if config.global_batch <= 0:
         _fail("global_batch", f"must be positive, got {config.global_batch}.")
     if config.global_batch % num_devices:

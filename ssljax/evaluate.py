@@ -41,7 +41,18 @@ import ml_collections
 import numpy as np
 import optax
 
-from ssljax import data, knn, metric_writers, models, optim, paths, sharding, strict_json, train
+from ssljax import (
+    checkpoint_integrity,
+    data,
+    knn,
+    metric_writers,
+    models,
+    optim,
+    paths,
+    sharding,
+    strict_json,
+    train,
+)
 from ssljax.diagnostics import (
     alignment,
     normalized_std,
@@ -412,6 +423,25 @@ def _model_mismatch(expected: Mapping[str, Any], found: Mapping[str, Any]) -> li
     return lines
 
 
+def _integrity_problem(checkpoint: str, restored: Mapping[str, Any]) -> str | None:
+    """Why the arrays restored from ``checkpoint`` cannot be used, or ``None``.
+
+    Their checksums are compared with those written at save time (when the checkpoint has
+    them), and NaN or infinity is refused.
+    """
+    checksums, nonfinite = checkpoint_integrity.summarize(restored)
+    stored_path = os.path.join(checkpoint, "integrity", "metadata")
+    if os.path.isfile(stored_path):
+        with open(stored_path, encoding="utf-8") as f:
+            stored = json.load(f).get("checksums", {})
+        bad = checkpoint_integrity.mismatched(checksums, stored)
+        if bad:
+            return f"its bytes changed on disk (checksums of {', '.join(bad[:5])} differ)"
+    if nonfinite:
+        return f"NaN or infinity in {len(nonfinite)} array(s) ({', '.join(nonfinite[:5])})"
+    return None
+
+
 def _backbone_desc(config: ml_collections.ConfigDict) -> str:
     return f"{config.model.backbone!r} with {dict(config.model.backbone_kwargs)}"
 
@@ -548,6 +578,15 @@ def load_run(
                 errors.append(f"step {s}: {type(err).__name__}: {err}")
                 logging.warning(
                     "Checkpoint %s does not read back (%s); trying an older one.", path, err
+                )
+                continue
+            problem = _integrity_problem(str(path.parent), restored)
+            if problem:
+                if step is not None:
+                    raise ValueError(f"Checkpoint {path.parent} is unusable: {problem}.")
+                errors.append(f"step {s}: {problem}")
+                logging.warning(
+                    "Checkpoint %s is unusable (%s); trying an older one.", path, problem
                 )
                 continue
             return Run(

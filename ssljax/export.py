@@ -123,6 +123,21 @@ def resnet_to_torchvision(
     return out
 
 
+def check_finite(params: Mapping[str, Any], batch_stats: Mapping[str, Any]) -> None:
+    """Refuses to export weights holding NaN or infinity (a diverged or damaged run).
+
+    Raises:
+      ValueError: naming the arrays.
+    """
+    flat = {**_flatten(params, "params/"), **_flatten(batch_stats, "batch_stats/")}
+    bad = sorted(k for k, v in flat.items() if not np.isfinite(np.asarray(v)).all())
+    if bad:
+        raise ValueError(
+            f"Refusing to export: NaN or infinity in {len(bad)} array(s) ({', '.join(bad[:5])}). "
+            "Export an earlier checkpoint of the run, or retrain."
+        )
+
+
 def export_torch(
     params: Mapping[str, Any],
     batch_stats: Mapping[str, Any],
@@ -142,10 +157,11 @@ def export_torch(
       ``path``.
 
     Raises:
-      ValueError: if the variables are not those of an ssljax ResNet.
+      ValueError: if the variables are not those of an ssljax ResNet, or hold NaN or infinity.
     """
     from safetensors.numpy import save
 
+    check_finite(params, batch_stats)
     tensors = resnet_to_torchvision(params, batch_stats)
     header = {"format": "pt", **{str(k): str(v) for k, v in (metadata or {}).items()}}
     # Serialised here and written with open(), not save_file (which creates the file 0600):
@@ -166,6 +182,7 @@ def export_flax(params: Mapping[str, Any], batch_stats: Mapping[str, Any], path:
     """Writes ``{'params', 'batch_stats'}`` of the backbone as Flax msgpack; returns ``path``."""
     from flax import serialization
 
+    check_finite(params, batch_stats)
     blob = serialization.msgpack_serialize(
         {"params": _to_numpy(params), "batch_stats": _to_numpy(batch_stats)}
     )

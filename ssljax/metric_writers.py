@@ -7,6 +7,7 @@ it has reported.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import sys
@@ -25,12 +26,31 @@ class MetricWriter:
     Args:
       logdir: the folder for both files (created if missing).
       jsonl_name: file name of the JSON-lines copy.
+      resume_step: the step a run resumes from. Rows written after it by the interrupted run
+        (steps that are trained again now) are dropped from the JSON-lines file, and
+        TensorBoard is told to discard them (a ``SessionLog.START`` event, the standard restart
+        marker), so the history equals an uninterrupted run's. ``None`` keeps everything.
     """
 
-    def __init__(self, logdir: str, jsonl_name: str = "metrics.jsonl"):
+    def __init__(
+        self, logdir: str, jsonl_name: str = "metrics.jsonl", *, resume_step: int | None = None
+    ):
         os.makedirs(logdir, exist_ok=True)
+        path = os.path.join(logdir, jsonl_name)
+        if resume_step is not None:
+            truncate_jsonl(path, resume_step)
         self._events = EventFileWriter(logdir)
-        self._jsonl = open(os.path.join(logdir, jsonl_name), "a", encoding="utf-8")  # noqa: SIM115
+        if resume_step is not None:
+            # TensorBoard purges every earlier event of step >= this one when it reads it.
+            self._events.add_event(
+                event_pb2.Event(
+                    wall_time=time.time(),
+                    step=resume_step + 1,
+                    session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START),
+                )
+            )
+            self._events.flush()
+        self._jsonl = open(path, "a", encoding="utf-8")  # noqa: SIM115
 
     def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
         """Writes one row of scalars at ``step`` to both files.
@@ -53,6 +73,34 @@ class MetricWriter:
         """Flushes and closes both files."""
         self._events.close()
         self._jsonl.close()
+
+
+def truncate_jsonl(path: str, last_step: int) -> int:
+    """Drops the rows of ``path`` whose ``step`` is after ``last_step``; returns how many.
+
+    The file is replaced atomically (a kill during the rewrite leaves the old one). A torn last
+    line (a kill during a write) is dropped too.
+    """
+    if not os.path.exists(path):
+        return 0
+    kept, dropped = [], 0
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                row = json.loads(line)
+            except ValueError:
+                dropped += 1
+                continue
+            if row.get("step", 0) <= last_step:
+                kept.append(line if line.endswith("\n") else line + "\n")
+            else:
+                dropped += 1
+    if dropped:
+        tmp = f"{path}.tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.writelines(kept)
+        os.replace(tmp, path)
+    return dropped
 
 
 class ProgressBar:

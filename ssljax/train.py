@@ -7,6 +7,7 @@ optimizer, state and shardings, the jitted step, checkpoints, and the loop.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -38,7 +39,9 @@ from ssljax import (
     paths,
     preemption,
     sharding,
+    startup_checks,
     strict_json,
+    workdir_lock,
 )
 from ssljax import models as models_lib
 from ssljax.models.siamese import SiameseNetwork
@@ -267,8 +270,19 @@ def _forward_views(net, params, batch_stats, views):
 
 
 def _all_finite(tree: PyTree) -> jax.Array:
-    leaves = jax.tree.leaves(tree)
+    leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+    if not leaves:
+        return jnp.ones((), jnp.bool_)
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
+def step_is_finite(loss: jax.Array, grads: PyTree, updated: PyTree) -> jax.Array:
+    """Whether a step may be applied: its loss, gradients and *updated* state all finite.
+
+    The update is checked too: finite gradients times a huge learning rate can overflow the
+    params (issue 18: ``base_lr=1e30`` gave finite losses and infinite params).
+    """
+    return jnp.isfinite(loss) & _all_finite(grads) & _all_finite(updated)
 
 
 def make_train_step(
@@ -335,7 +349,9 @@ def make_train_step(
         else:
             new_target = state.target_params
 
-        finite = jnp.isfinite(ssl_loss) & _all_finite(grads)
+        finite = step_is_finite(
+            ssl_loss, grads, (new_params, new_bs, new_probe_params, new_target, new_target_bs)
+        )
         proposed = state.replace(
             step=state.step + 1,
             params=new_params,
@@ -377,6 +393,9 @@ def make_train_step(
             "grad_norm": optax.tree.norm(grads),
             "step_finite": finite.astype(jnp.float32),
             "nonfinite_total": new_state.nonfinite_total.astype(jnp.float32),
+            # Consecutive skipped steps, per step: the limit is checked on every step's value
+            # when the metrics are fetched, not only on the state at logging steps.
+            "nonfinite_count": new_state.nonfinite_count.astype(jnp.float32),
         }
         if method.target == "ema":
             metrics["tau"] = tau
@@ -568,18 +587,7 @@ def check_workdir(workdir: str) -> None:
     Raises:
       PermissionError: naming the folder and what to do.
     """
-    try:
-        os.makedirs(workdir, exist_ok=True)
-        probe = os.path.join(workdir, f".write_test_{os.getpid()}")
-        with open(probe, "w", encoding="utf-8") as f:
-            f.write("ok")
-        with open(probe, encoding="utf-8") as f:
-            f.read()
-        os.remove(probe)
-    except OSError as err:
-        raise PermissionError(
-            f"--workdir={workdir} is not writable ({err}); choose a folder you can write to."
-        ) from err
+    startup_checks.check_writable(workdir, f"--workdir={workdir}")
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
@@ -594,9 +602,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       when the run stopped early on SIGTERM (after writing a checkpoint).
 
     Raises:
-      ValueError: for an invalid config or a workdir holding a run with another config,
-        before anything is compiled.
-      FloatingPointError: after ``config.max_consecutive_nonfinite`` non-finite steps in a row.
+      ValueError: for an invalid config, a split the dataset lacks, a workdir holding a run
+        with another config, or a checkpoint that does not fit this config, before anything
+        is compiled.
+      PermissionError: if the workdir or its checkpoint folder is not writable.
+      ssljax.workdir_lock.WorkdirInUseError: if another run holds the workdir.
+      FloatingPointError: after ``config.max_consecutive_nonfinite`` non-finite steps in a row,
+        or when the run ends on non-finite steps (no final checkpoint or summary then).
+      ssljax.checkpointing.CheckpointSaveError: if a checkpoint cannot be written.
     """
     # --- Start-up checks: a typo must cost a second, not a compilation. -----------------------
     workdir = os.path.abspath(paths.expand(workdir))
@@ -605,6 +618,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         config, num_devices=jax.device_count(), num_processes=jax.process_count()
     )
     check_workdir(workdir)
+    checkpoints_dir = os.path.join(workdir, "checkpoints")
+    startup_checks.check_writable(checkpoints_dir, f"The checkpoint folder {checkpoints_dir}")
+    # One run per workdir: a second one is refused before it reads or writes anything. The
+    # signal watcher covers the whole run, so a SIGTERM or Ctrl-C during start-up or
+    # compilation stops the loop at its first step (with a checkpoint) instead of killing it.
+    lock = (
+        workdir_lock.WorkdirLock(workdir) if jax.process_index() == 0 else contextlib.nullcontext()
+    )
+    with lock, preemption.PreemptionWatcher():
+        return _train_and_evaluate_locked(config, workdir)
+
+
+def _train_and_evaluate_locked(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """The body of :func:`train_and_evaluate`, run while holding the workdir's lock."""
     # Before restoring anything: a workdir of another run must not be resumed (and a model
     # whose shapes differ must not be mistaken for a damaged checkpoint).
     checkpointing.check_config_matches(config, workdir)
@@ -625,7 +652,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     # --- Input and model (the dataset must be prepared: get_dataset_info says how if not). ----
     info = data.get_dataset_info(config.data)
+    startup_checks.check_splits(config, info)
     num_train = info.split_sizes[config.data.train_split]
+    startup_checks.check_batch_fits(config, num_train)
     comps = build_components(config, info, num_train_examples=num_train)
     logging.info(
         "%s on %s: %d train examples, %d steps/epoch, %d steps (%d warm-up).",
@@ -658,11 +687,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     else:
         loader_state = None
         init = jax.jit(functools.partial(init_state, comps, config), out_shardings=state_sharding)
+        if os.path.exists(os.path.join(workdir, "metrics.jsonl")):
+            logging.warning(
+                "%s holds metrics of an earlier run but no usable checkpoint: THIS RUN STARTS "
+                "FROM STEP 0 (metrics.jsonl is cut back to match).",
+                workdir,
+            )
         state = init(rng)
         if config.init_from:
             state = checkpointing.load_params_from(config.init_from, state, state_sharding)
-        if is_main:
-            _save_config(config, workdir)
     start_step = int(state.step)
 
     train_loader = data.make_loader(
@@ -690,9 +723,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         donate_argnums=(0,),
     )
     feature_fn = make_feature_fn(comps)
+    # Only now has start-up succeeded: a config.json left by a failed start would refuse the
+    # corrected rerun.
+    if is_main and restored is None:
+        _save_config(config, workdir)
 
     # --- Loop. ----------------------------------------------------------------------------------
-    writer = metric_writers.MetricWriter(workdir) if is_main else None
+    # Rows after the resumed checkpoint (written before a kill) are dropped: they are replayed.
+    writer = (
+        metric_writers.MetricWriter(workdir, resume_step=start_step if restored else -1)
+        if is_main
+        else None
+    )
     progress = (
         metric_writers.ProgressBar(comps.total_steps, start_step, config.global_batch)
         if is_main
@@ -735,17 +777,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 # never waits for a step to finish in between.
                 pending.append((step, metrics))
                 stop = watcher.should_stop(step)
-                if step % config.log_every_steps == 0 or step == comps.total_steps or stop:
+                save_now = step % config.checkpoint.every_steps == 0 and step != comps.total_steps
+                # Also before each checkpoint: every step's non-finite count is checked before
+                # a state is saved, and metrics.jsonl holds every step up to the checkpoint.
+                if (
+                    step % config.log_every_steps == 0
+                    or step == comps.total_steps
+                    or stop
+                    or save_now
+                ):
+                    fetched = jax.device_get(pending)
                     share = meter.share()
-                    last.update(_flush_metrics(pending, writer, progress, step, share))
-                    meter.warn_if_starved(share, step, train_loader.num_workers)
                     pending = []
-                    _check_nonfinite(state, step, config, ckpt)
+                    last.update(_flush_metrics(fetched, writer, progress, step, share))
+                    meter.warn_if_starved(share, step, train_loader.num_workers)
+                    check_nonfinite_counts(
+                        fetched, config.max_consecutive_nonfinite, _newest_checkpoint(ckpt)
+                    )
                 if stop:
                     preempted = True
                     logging.warning("Stopping at step %d on request; checkpointing.", step)
                     break
-                if step % config.checkpoint.every_steps == 0 and step != comps.total_steps:
+                if save_now:
                     ckpt.save(step, state, batches.state_of_last_consumed())
                 if knn_every and step % knn_every == 0 and step != comps.total_steps:
                     res = run_knn_monitor(config, comps, state, mesh, feature_fn)
@@ -755,6 +808,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         if progress:
             progress.close()
         batches.close()
+        # An exception or a second Ctrl-C must not abandon a checkpoint being written.
+        _wait_for_pending_saves(ckpt)
+    ended_nonfinite = int(state.nonfinite_count)
+    if ended_nonfinite and not preempted:
+        ckpt.close()
+        raise FloatingPointError(
+            f"The run ended with {ended_nonfinite} consecutive non-finite step(s) (steps "
+            f"{int(state.step) - ended_nonfinite + 1}-{int(state.step)} were skipped); no "
+            f"final checkpoint or summary was written. Newest checkpoint: "
+            f"{_newest_checkpoint(ckpt)}. Lower optimizer.base_lr or check the data."
+        )
     # Final (or preemption) checkpoint; wait() makes it complete before the process exits.
     if int(state.step) > start_step:
         ckpt.save(int(state.step), state, batches.state_of_last_consumed(), force=True)
@@ -845,18 +909,17 @@ def _summary_line(step: int, done: int, last: dict[str, float], workdir: str) ->
     return "; ".join(parts) + f". Summary: {os.path.join(workdir, 'summary.json')}"
 
 
-def _flush_metrics(pending, writer, progress, step: int, input_share: float) -> dict[str, float]:
-    """Fetches the metrics of the steps since the last flush and reports them.
+def _flush_metrics(fetched, writer, progress, step: int, input_share: float) -> dict[str, float]:
+    """Reports the (fetched) metrics of the steps since the last flush.
 
     ``input_share`` is the share of wall time the loop waited for input since the last flush;
     it is logged as ``input_wait_share`` and shown on the progress line.
     """
-    fetched = jax.device_get(pending)
     for s, m in fetched:
         if writer:
             # Metrics computed on logging steps only are NaN elsewhere: leave them out.
             writer.write_scalars(
-                s, {k: v for k, v in m.items() if k not in LOG_STEP_ONLY or s == step}
+                s, {k: v for k, v in m.items() if k not in LOG_STEP_ONLY or not np.isnan(v)}
             )
     last = {k: float(v) for k, v in fetched[-1][1].items()}
     last["input_wait_share"] = input_share
@@ -869,15 +932,44 @@ def _flush_metrics(pending, writer, progress, step: int, input_share: float) -> 
     return last
 
 
-def _check_nonfinite(state: TrainState, step: int, config, ckpt) -> None:
-    """Stops the run after ``config.max_consecutive_nonfinite`` skipped steps in a row."""
-    bad = int(state.nonfinite_count)
-    if bad >= config.max_consecutive_nonfinite:
-        raise FloatingPointError(
-            f"{bad} consecutive steps with a non-finite loss or gradient, ending at step {step} "
-            f"(the state was left unchanged by each). Last good checkpoint: step "
-            f"{ckpt.latest_step()} in {ckpt.directory}. Lower optimizer.base_lr, check the data, "
-            "or raise config.max_consecutive_nonfinite."
-        )
-    if bad:
-        logging.warning("Step %d: %d consecutive non-finite step(s) skipped.", step, bad)
+def _newest_checkpoint(ckpt: checkpointing.Checkpointer) -> str:
+    step = ckpt.latest_step()
+    where = f"in {ckpt.directory}"
+    return f"step {step} {where}" if step is not None else f"none {where}"
+
+
+def _wait_for_pending_saves(ckpt: checkpointing.Checkpointer) -> None:
+    """Waits for asynchronous saves; a failure is logged, not raised (see the caller)."""
+    try:
+        ckpt.wait()
+    except Exception as err:  # noqa: BLE001 -- must not hide the exception being handled
+        logging.error("%s", err)
+
+
+def check_nonfinite_counts(fetched, limit: int, latest_checkpoint: str) -> None:
+    """Stops the run once ``limit`` steps in a row were skipped as non-finite.
+
+    Args:
+      fetched: ``[(step, metrics)]`` fetched from the device; every step's ``nonfinite_count``
+        (consecutive skipped steps up to it) is checked, not only the last one's.
+      limit: ``config.max_consecutive_nonfinite``.
+      latest_checkpoint: where the newest checkpoint is, for the message.
+
+    Raises:
+      FloatingPointError: naming the step the limit was reached at.
+    """
+    for step, metrics in fetched:
+        bad = int(metrics.get("nonfinite_count", 0))
+        if bad >= limit:
+            raise FloatingPointError(
+                f"{bad} consecutive steps with a non-finite loss, gradient or update, ending at "
+                f"step {step} (each was skipped: the state is that of step {step - bad}). Newest "
+                f"checkpoint (its values are finite, but the run may have been diverging "
+                f"before): {latest_checkpoint}. Lower optimizer.base_lr, check the data, or "
+                "raise config.max_consecutive_nonfinite."
+            )
+    if fetched:
+        step, metrics = fetched[-1]
+        bad = int(metrics.get("nonfinite_count", 0))
+        if bad:
+            logging.warning("Step %d: %d consecutive non-finite step(s) skipped.", step, bad)

@@ -8,11 +8,13 @@ random access, no TensorFlow), and TFDS users can read it too.
 
 What is stored: the original bytes of every RGB image (no re-encoding, so pixels are exactly what
 PIL decodes from the file); grayscale, palette, RGBA or CMYK images are converted to RGB (alpha
-dropped) and stored as PNG. Features: ``image`` (any size), ``label`` (class folders sorted by name
-give labels 0, 1, ...), ``file_name`` (``<split>/<class>/<file>``). The dataset's metadata
-(``metadata.json``) holds the source root, the per-channel mean and standard deviation on the
-[0, 1] scale over every pixel of the ``train`` split (of all splits if there is no ``train``),
-the common image shape or ``None`` if sizes differ, per-class counts and any skipped files.
+dropped) and stored as PNG, and 16-bit or floating-point images are scaled to 8 bits
+(``ssljax.data.image_modes``), not clipped. Features: ``image`` (any size), ``label`` (class
+folders sorted by name give labels 0, 1, ...), ``file_name`` (``<split>/<class>/<file>``). The
+dataset's metadata (``metadata.json``) holds the source root, the per-channel mean and standard
+deviation on the [0, 1] scale over every pixel of the ``train`` split (of all splits if there is
+no ``train``), the common image shape or ``None`` if sizes differ, per-class counts and any
+skipped files.
 
 Bad input is refused before anything is written: a corrupt or truncated file is named (and with
 ``skip_corrupt`` left out and counted instead), an empty class folder, a split with no images,
@@ -36,6 +38,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from ssljax.data import tfds_source
+from ssljax.data.image_modes import to_rgb
 
 logger = logging.getLogger(__name__)
 
@@ -142,7 +145,7 @@ def inspect_file(path: str) -> tuple[str | None, str, int, int, np.ndarray | Non
             # load() decodes every byte: a truncated JPEG raises here, not in a loader worker.
             image.load()
             mode = image.mode
-            rgb = np.asarray(image if mode == "RGB" else image.convert("RGB"), np.float64)
+            rgb = np.asarray(to_rgb(image), np.float64)
     except Exception as e:  # noqa: BLE001 - any decoding failure makes the file unusable.
         return f"{type(e).__name__}: {e}", "", 0, 0, None
     flat = rgb.reshape(-1, 3)
@@ -213,7 +216,7 @@ class _Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                 data = path.read_bytes()
             else:
                 with Image.open(path) as image:
-                    data = _png_bytes(image.convert("RGB"))
+                    data = _png_bytes(to_rgb(image))
             yield rel, {"image": data, "label": label, "file_name": rel}
 
 
