@@ -190,8 +190,9 @@ def parse_flags_or_fail(argv: Sequence[str]) -> list[str]:
         field, _, hint = text.partition("\n")
         field = field.strip("\"'")
         given = [a.split("=")[0] for a in argv if a.startswith("--config.") and field in a]
+        spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), "")
         fail(
-            f"{given[0] if given else field}: the config has no field {field!r}. "
+            f"{given[0] if given else field}: the config {spec} has no field {field!r}. "
             + (f"{hint.strip()} " if hint.strip() else "")
             + "--print_config lists every field (definitions: ssljax/config_schema.py)."
         )

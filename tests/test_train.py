@@ -272,9 +272,10 @@ def test_main_on_digits_writes_logs_and_checkpoints_then_resumes(tmp_path, capsy
     rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     assert rows[0]["step"] == 0 and rows[0]["knn_init_bn_calibration_batches"] == 2
     assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4, 5, 6]
-    # The input-wait share of each log interval: recorded and shown on the progress line.
+    # The input-wait share of each flush (log steps 2, 4, 6 and the checkpoint step 3):
+    # recorded and shown on the progress line.
     shares = [r["input_wait_share"] for r in rows if "input_wait_share" in r]
-    assert len(shares) == 3 and all(0.0 <= x <= 1.0 for x in shares), shares
+    assert len(shares) == 4 and all(0.0 <= x <= 1.0 for x in shares), shares
     assert "input " in capsys.readouterr().err
     assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == [
         3,
