@@ -534,14 +534,7 @@ class Trainer:
         progress = math.cos(math.pi * min(k, self.total) / self.total)
         return 1.0 - (1.0 - self.config.tau_base) * (progress + 1.0) / 2.0
 
-    @staticmethod
-    def forward(net, x) -> dict:
-        """``{'features', 'projection'[, 'prediction']}`` as ssljax's ``SiameseNetwork``."""
-        feats = net["backbone"](x)
-        out = {"features": feats, "projection": net["projector"](feats)}
-        if "predictor" in net:
-            out["prediction"] = net["predictor"](out["projection"])
-        return out
+    forward = staticmethod(yardstick.forward)
 
     def loss_and_grads(self, views):
         """Forward passes, loss and ``.grad`` of every online parameter; returns (loss, outputs)."""

@@ -577,6 +577,16 @@ class ConfigOptimizer:
         self.impl.step()
 
 
+def forward(net, x) -> dict:
+    """``{'features', 'projection'[, 'prediction']}`` of the modules, as ssljax's
+    ``SiameseNetwork`` returns them."""
+    feats = net["backbone"](x)
+    out = {"features": feats, "projection": net["projector"](feats)}
+    if "predictor" in net:
+        out["prediction"] = net["predictor"](out["projection"])
+    return out
+
+
 def torch_device(choice: str = "auto"):
     """``torch.device('cuda')`` when asked or available (``auto``), else the CPU."""
     import torch
@@ -636,13 +646,6 @@ def torch_child(spec: dict) -> dict:
     probe_opt = torch.optim.Adam(probe.parameters(), lr=config.probe.lr)
     autocast = spec["dtype"] == "bfloat16"
     step_count = [0]
-
-    def forward(net, x):
-        feats = net["backbone"](x)
-        out = {"features": feats, "projection": net["projector"](feats)}
-        if "predictor" in net:
-            out["prediction"] = net["predictor"](out["projection"])
-        return out
 
     def losses_of(views, labels):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):

@@ -62,6 +62,13 @@ def _decode_loader_state(blob: dict[str, Any]) -> Any:
     return None
 
 
+def format_differences(lines: list[str], limit: int = 12) -> str:
+    """The first ``limit`` differences, one per indented line, and how many were left out."""
+    shown = "".join(f"\n  {line}" for line in lines[:limit])
+    more = f"\n  ... and {len(lines) - limit} more" if len(lines) > limit else ""
+    return shown + more
+
+
 class CheckpointMismatchError(ValueError):
     """A readable checkpoint whose arrays do not fit the state this run builds (not damage)."""
 
@@ -311,13 +318,12 @@ class Checkpointer:
             stored_tree = {f: stored_tree.get(f, {}) for f in fields}
         mismatch = describe_mismatch(stored_tree, target)
         if mismatch:
-            shown = "\n  ".join(mismatch[:12])
-            more = f"\n  ... and {len(mismatch) - 12} more" if len(mismatch) > 12 else ""
             raise CheckpointMismatchError(
                 f"Checkpoint {path} does not fit the state this config builds (a different "
-                f"model, heads or optimizer):\n  {shown}{more}\nThe checkpoint is intact and "
-                "was left as it is. Run with the config it was trained with, or use a new "
-                "--workdir (with --config.init_from to start from its weights)."
+                f"model, heads or optimizer):{format_differences(mismatch)}\n"
+                "The checkpoint is intact and was left as it is. Run with the config it was "
+                "trained with, or use a new --workdir (with --config.init_from to start from "
+                "its weights)."
             )
         has_integrity = os.path.isdir(os.path.join(path, "integrity"))
         try:

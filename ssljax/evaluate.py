@@ -43,6 +43,7 @@ import optax
 
 from ssljax import (
     checkpoint_integrity,
+    checkpointing,
     data,
     knn,
     metric_writers,
@@ -544,12 +545,11 @@ def load_run(
             }
             mismatch = _model_mismatch(expected, found)
             if mismatch:
-                shown = "\n  ".join(mismatch[:12])
-                more = f"\n  ... and {len(mismatch) - 12} more" if len(mismatch) > 12 else ""
                 raise ValueError(
                     f"The checkpoint {path.parent} does not match the evaluation config's model: "
                     f"the config builds backbone {_backbone_desc(config)}, the run was trained "
-                    f"with {_backbone_desc(saved)}. Differences:\n  {shown}{more}"
+                    f"with {_backbone_desc(saved)}. Differences:"
+                    + checkpointing.format_differences(mismatch)
                 )
 
             def target(key_path, meta):
