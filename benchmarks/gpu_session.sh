@@ -160,12 +160,15 @@ fi
 
 # --- yardstick: ssljax's step against PyTorch eager and torch.compile, side by side. ---------------
 if has yardstick; then
+  if [ "$DRY" = 1 ]; then  # a CPU dry run: the smallest network, two steps, no torch.compile
+    YS_MODEL=resnet_tiny YS_BATCH=8 YS_METHODS=byol YS_STEPS=2 YS_COMPILE=""
+  fi
   say "yardstick: ${YS_MODEL:-resnet50} ${YS_DTYPES:-bfloat16} batch ${YS_BATCH:-256}"
   timeout "$(budget "${YS_TIMEOUT:-330}")" $PY benchmarks/torch_yardstick.py \
     --model "${YS_MODEL:-resnet50}" --batch "${YS_BATCH:-256}" \
     --methods "${YS_METHODS:-byol,simsiam,vicreg,barlow_twins}" --dtypes "${YS_DTYPES:-bfloat16}" \
     --repeats 1 --steps "${YS_STEPS:-10}" --warmup 3 --torch-settings 1/default/channels_last \
-    --torch-compile "${YS_COMPILE:-max-autotune-no-cudagraphs}" --jax-devices 1 \
+    --torch-compile "${YS_COMPILE-max-autotune-no-cudagraphs}" --jax-devices 1 \
     --out "$OUT/yardstick_${YS_MODEL:-resnet50}.json" >>"$LOG" 2>&1
   say "yardstick ended with status $?"
   grep -E "^ratio" "$LOG" | tail -8

@@ -7,10 +7,13 @@ Tests that want one device place their arrays on ``jax.devices()[0]`` (the defau
 import os
 import pathlib
 import shutil
+import sys
 import tarfile
 import tempfile
 
+import numpy as np
 import pytest
+from PIL import Image
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 if "--xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
@@ -82,3 +85,38 @@ def mnist_t10k_dir(shared_data_dir: pathlib.Path) -> pathlib.Path:
     if not (path / "t10k-images-idx3-ubyte.gz").is_file():
         _missing(f"MNIST test set in {path}")
     return path
+
+
+@pytest.fixture
+def checkout(tmp_path):
+    """A checkout-like folder, its ../shared/data archive of tiny images, and a HOME.
+
+    Returns ``(repo, home, env)``: ``repo/configs`` links to the real configs, ``repo/../shared/
+    data/cifar10-jpg.tar.gz`` holds 16 train and 8 test 32x32 JPEGs in two classes, and ``env``
+    runs this interpreter with ``HOME=home`` so that ``~`` resolves there.
+    """
+    work = tmp_path / "clone"
+    (work / "repo").mkdir(parents=True)
+    (work / "repo" / "configs").symlink_to(REPO_ROOT / "configs")
+    images = tmp_path / "images"
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 8), ("test", 4)):
+        for name in ("cat", "dog"):
+            (images / split / name).mkdir(parents=True)
+            for i in range(n):
+                pixels = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(images / split / name / f"{i:04d}.jpg")
+    (work / "shared" / "data").mkdir(parents=True)
+    with tarfile.open(work / "shared" / "data" / "cifar10-jpg.tar.gz", "w:gz") as tar:
+        for split in ("train", "test"):
+            tar.add(images / split, arcname=split)
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {
+        **os.environ,
+        "HOME": str(home),
+        "PYTHONPATH": str(REPO_ROOT),
+        "JAX_PLATFORMS": "cpu",
+        "PATH": f"{pathlib.Path(sys.executable).parent}:{os.environ['PATH']}",
+    }
+    return work / "repo", home, env

@@ -5,17 +5,12 @@ like a checkout (``configs/``, and ``../shared/data/cifar10-jpg.tar.gz``: here a
 the same layout), with HOME pointed at a temporary folder so that ``~`` resolves there.
 """
 
-import os
 import pathlib
 import re
 import subprocess
-import sys
-import tarfile
 
 import ml_collections
-import numpy as np
 import pytest
-from PIL import Image
 
 from ssljax import paths
 from ssljax.data import info
@@ -57,36 +52,6 @@ def _readme_data_commands() -> list[str]:
     section = text.split("\n## Data\n", 1)[1]
     block = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
     return [c.split("   #")[0].strip() for c in block.replace("\\\n", " ").splitlines()]
-
-
-@pytest.fixture
-def checkout(tmp_path):
-    """A checkout-like folder, its ../shared/data archive of tiny images, and a HOME."""
-    work = tmp_path / "clone"
-    (work / "repo").mkdir(parents=True)
-    (work / "repo" / "configs").symlink_to(REPO / "configs")
-    images = tmp_path / "images"
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 8), ("test", 4)):
-        for name in ("cat", "dog"):
-            (images / split / name).mkdir(parents=True)
-            for i in range(n):
-                pixels = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
-                Image.fromarray(pixels).save(images / split / name / f"{i:04d}.jpg")
-    (work / "shared" / "data").mkdir(parents=True)
-    with tarfile.open(work / "shared" / "data" / "cifar10-jpg.tar.gz", "w:gz") as tar:
-        for split in ("train", "test"):
-            tar.add(images / split, arcname=split)
-    home = tmp_path / "home"
-    home.mkdir()
-    env = {
-        **os.environ,
-        "HOME": str(home),
-        "PYTHONPATH": str(REPO),
-        "JAX_PLATFORMS": "cpu",
-        "PATH": f"{pathlib.Path(sys.executable).parent}:{os.environ['PATH']}",
-    }
-    return work / "repo", home, env
 
 
 def _bash(command: str, cwd, env) -> subprocess.CompletedProcess:
