@@ -24,7 +24,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from ssljax import checkpoint_integrity
+from ssljax import checkpoint_integrity, config_schema
 
 # The items of one checkpoint: the train state, the loader's position, the state's checksums.
 ITEM_NAMES = ("state", "loader", "integrity")
@@ -444,11 +444,16 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> dict[str, tuple]:
     """Fields whose values differ between two configs, ignoring :data:`RESUMABLE_CHANGES`."""
     a, b = _flatten(saved), _flatten(current)
+    # A field that a later version of ssljax added is absent from an older run's config; at
+    # its default it changes nothing (the older code behaved so), so it does not block a resume.
+    defaults = _flatten(json.loads(config_schema.base_config().to_json_best_effort()))
     diffs = {}
     for key in sorted(set(a) | set(b)):
         if any(key == f or (f.endswith(".") and key.startswith(f)) for f in RESUMABLE_CHANGES):
             continue
         va, vb = a.get(key, "<absent>"), b.get(key, "<absent>")
+        if va == "<absent>" and key in defaults and defaults[key] == vb:
+            continue
         if isinstance(va, list):
             va = tuple(va)
         if isinstance(vb, list):

@@ -11,6 +11,8 @@ import math
 
 import ml_collections
 
+from ssljax import matmul_precision
+
 # Defaults of one augmented view (BYOL's view 1, Grill et al. 2020, Table 6). Configs override
 # per view; ssljax.augment validates the keys.
 VIEW_DEFAULTS = dict(
@@ -52,6 +54,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.backbone_kwargs = ml_collections.ConfigDict()  # e.g. width=0.5
     # Compute dtype; params, BatchNorm statistics and losses stay float32.
     c.model.dtype = "float32"
+    # Precision of float32 matrix products and convolutions (ssljax.matmul_precision):
+    # "default" is JAX's (TF32 on NVIDIA GPUs since Ampere, bfloat16 passes on TPU); "float32"
+    # computes them in full float32, as a strict float32 reference does.
+    c.model.matmul_precision = "default"
 
     c.heads = ml_collections.ConfigDict()
     c.heads.projector_hidden = (4096,)
@@ -217,6 +223,12 @@ def validate(
         _fail("tau_base", f"must lie in [0, 1], got {config.tau_base}.")
     if config.model.dtype not in ("float32", "bfloat16", "float16"):
         _fail("model.dtype", f"must be float32, bfloat16 or float16, got {config.model.dtype!r}.")
+    if config.model.matmul_precision not in matmul_precision.MATMUL_PRECISIONS:
+        _fail(
+            "model.matmul_precision",
+            f"must be one of {', '.join(matmul_precision.MATMUL_PRECISIONS)}, got "
+            f"{config.model.matmul_precision!r}.",
+        )
     if config.data.num_workers < -1:
         _fail(
             "data.num_workers",

@@ -33,6 +33,7 @@ from ssljax import (
     diagnostics,
     input_wait,
     knn,
+    matmul_precision,
     methods,
     metric_writers,
     optim,
@@ -627,7 +628,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         workdir_lock.WorkdirLock(workdir) if jax.process_index() == 0 else contextlib.nullcontext()
     )
     with lock, preemption.PreemptionWatcher():
-        return _train_and_evaluate_locked(config, workdir)
+        logging.info(
+            matmul_precision.describe(config.model.matmul_precision, jax.devices()[0].platform)
+        )
+        # Everything compiled for this run (step, kNN monitor, calibration) at one precision.
+        with matmul_precision.applied(config.model.matmul_precision):
+            return _train_and_evaluate_locked(config, workdir)
 
 
 def _train_and_evaluate_locked(config: ml_collections.ConfigDict, workdir: str) -> dict:
