@@ -114,7 +114,17 @@ def eval_config(preset: str = "cifar") -> ml_collections.ConfigDict:
 
 
 def linear_eval_config(preset: str = "cifar") -> ml_collections.ConfigDict:
-    """The linear-classifier part of :func:`eval_config` (``eval_config(preset).linear``)."""
+    """The linear-classifier part of :func:`eval_config` (``eval_config(preset).linear``).
+
+    Args:
+      preset: one of :data:`EVAL_PRESETS`.
+
+    Returns:
+      The ``linear`` ConfigDict.
+
+    Raises:
+      ValueError: for an unknown preset.
+    """
     return eval_config(preset).linear
 
 
