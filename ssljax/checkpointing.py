@@ -8,16 +8,20 @@ per array, verified on restore). Saves are asynchronous; the final save waits.
 Damage and mismatch are told apart: a checkpoint that cannot be read, or whose bytes changed, is
 renamed ``<step>.damaged`` and the previous one is used; a checkpoint that reads but does not
 fit the state this config builds raises an error naming the arrays, and nothing is renamed.
+That fallback is one loop, :func:`restore_newest_intact`, shared by the training resumption
+(which renames) and by evaluation, export and ``init_from`` (which only read, and skip).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
 import re
 import shutil
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, Generic, TypeVar
 
 import jax
 import ml_collections
@@ -25,6 +29,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from ssljax import checkpoint_integrity, config_schema
+
+T = TypeVar("T")
 
 # The items of one checkpoint: the train state, the loader's position, the state's checksums.
 ITEM_NAMES = ("state", "loader", "integrity")
@@ -159,6 +165,96 @@ def _stored_tree(state_dir: str) -> Any:
     if tree is None:
         raise ValueError(f"no metadata in {state_dir}")
     return tree
+
+
+@dataclasses.dataclass(frozen=True)
+class DamagedCheckpoint:
+    """A checkpoint that :func:`restore_newest_intact` passed over.
+
+    Attributes:
+      step: its step.
+      reason: why it cannot be used (the :class:`CheckpointDamagedError` message).
+      renamed_to: where it was moved, or ``None`` when it was left in place.
+    """
+
+    step: int
+    reason: str
+    renamed_to: str | None
+
+
+@dataclasses.dataclass(frozen=True)
+class Fallback(Generic[T]):
+    """What :func:`restore_newest_intact` found.
+
+    Attributes:
+      step: the step restored, or ``None`` when every checkpoint was damaged (or none exists).
+      value: what ``restore(step)`` returned, or ``None``.
+      damaged: the newer checkpoints passed over, newest first.
+    """
+
+    step: int | None
+    value: T | None
+    damaged: list[DamagedCheckpoint]
+
+
+def restore_newest_intact(
+    directory: str,
+    steps: Iterable[int],
+    restore: Callable[[int], T],
+    *,
+    rename_damaged: bool,
+) -> Fallback[T]:
+    """Restores the newest checkpoint that reads back: the fallback of training and evaluation.
+
+    Tries ``restore(step)`` from the newest step down. A :class:`CheckpointDamagedError` means
+    that checkpoint cannot be trusted: it is reported by name and the next older one is tried.
+    Any other error (a :class:`CheckpointMismatchError` above all: the checkpoint is intact but
+    belongs to another model) propagates at once, because an older checkpoint of the same run
+    would not fit either, and silently evaluating or resuming from it would hide the mistake.
+
+    Args:
+      directory: the checkpoint folder; checkpoint ``s`` is ``directory/<s>``.
+      steps: the steps of the complete checkpoints, in any order.
+      restore: reads one checkpoint; raises :class:`CheckpointDamagedError` on damage.
+      rename_damaged: training owns its folder and renames a damaged checkpoint to a free
+        ``<step>.damaged`` name (kept for inspection, never deleted), so that the next save or
+        resumption does not trip over it again; evaluation, export and ``init_from`` only read
+        a folder another process may be writing, and leave it as it is.
+
+    Returns:
+      A :class:`Fallback`; ``step is None`` when no checkpoint reads back (an error naming every
+      damaged one is logged).
+
+    Raises:
+      CheckpointMismatchError: raised by ``restore``; nothing is renamed.
+    """
+    damaged = []
+    for step in sorted(steps, reverse=True):
+        try:
+            return Fallback(step=step, value=restore(step), damaged=damaged)
+        except CheckpointDamagedError as err:
+            path = os.path.join(directory, str(step))
+            logging.warning(
+                "Checkpoint %s is damaged and will be skipped (%s); trying an older one.",
+                path,
+                err,
+            )
+            renamed_to = None
+            # One process renames: on a shared file system the others would race it.
+            if rename_damaged and jax.process_index() == 0 and os.path.exists(path):
+                renamed_to = free_name(path)
+                os.rename(path, renamed_to)
+                logging.warning("Renamed %s to %s (kept for inspection).", path, renamed_to)
+            damaged.append(DamagedCheckpoint(step=step, reason=str(err), renamed_to=renamed_to))
+    if damaged:
+        logging.error(
+            "None of the %d checkpoint(s) in %s is usable (steps %s, all damaged)%s.",
+            len(damaged),
+            directory,
+            [d.step for d in damaged],
+            "; they were renamed *.damaged" if rename_damaged else "",
+        )
+    return Fallback(step=None, value=None, damaged=damaged)
 
 
 class Checkpointer:
@@ -376,40 +472,26 @@ class Checkpointer:
     ) -> tuple[Any, Any] | None:
         """Restores the newest checkpoint that reads back intact; ``None`` when there is none.
 
-        A damaged checkpoint (unreadable, missing files, a wrong checksum, NaN or infinity) is
-        reported by name, renamed to a free ``<step>.damaged`` name -- kept for inspection,
-        never deleted; left in place when ``read_only`` -- and the next older one is tried.
-        A checkpoint that reads but does not fit this run's state is not damaged: that raises.
+        The fallback is :func:`restore_newest_intact`: a damaged checkpoint (unreadable, missing
+        files, a wrong checksum, NaN or infinity) is reported by name, renamed to a free
+        ``<step>.damaged`` name -- kept for inspection, never deleted; left in place when
+        ``read_only`` -- and the next older one is tried. A checkpoint that reads but does not
+        fit this run's state is not damaged: that raises.
 
         Raises:
           CheckpointMismatchError: see :meth:`restore`.
         """
-        damaged = []
-        for step in sorted(self._manager.all_steps(), reverse=True):
-            try:
-                return self.restore(step, abstract_state, shardings, fields=fields)
-            except CheckpointDamagedError as err:
-                path = os.path.join(self.directory, str(step))
-                damaged.append(step)
-                logging.warning(
-                    "Checkpoint %s is damaged and will be skipped (%s); trying an older one.",
-                    path,
-                    err,
-                )
-                if not self.read_only and jax.process_index() == 0 and os.path.exists(path):
-                    new_path = free_name(path)
-                    os.rename(path, new_path)
-                    logging.warning("Renamed %s to %s (kept for inspection).", path, new_path)
-                self._manager.reload()
-        if damaged:
-            logging.error(
-                "None of the %d checkpoint(s) in %s is usable (steps %s, all damaged)%s.",
-                len(damaged),
-                self.directory,
-                damaged,
-                "" if self.read_only else "; they were renamed *.damaged",
-            )
-        return None
+        found = restore_newest_intact(
+            self.directory,
+            self.all_steps(),
+            lambda step: self.restore(step, abstract_state, shardings, fields=fields),
+            rename_damaged=not self.read_only,
+        )
+        if found.damaged:
+            # The manager lists steps from its own cache: a renamed step must leave it, or a
+            # later save would count (and try to delete) a checkpoint that is gone.
+            self._manager.reload()
+        return found.value
 
     def wait(self) -> None:
         """Blocks until every pending asynchronous save is on disk.

@@ -231,11 +231,12 @@ def export_from_workdir(workdir: str, fmt: str, out_dir: str | None = None) -> s
     """
     if fmt not in FORMATS:
         raise ValueError(f"--format={fmt!r} does not exist; valid formats: {list(FORMATS)}.")
-    from ssljax import evaluate, paths
+    from ssljax import paths
+    from ssljax.eval import restore
     from ssljax.models import ResNet
 
     # The backbone alone: the dataset need not be prepared on the exporting machine.
-    run = evaluate.load_run(workdir, with_data=False)
+    run = restore.load_run(workdir, with_data=False)
     if fmt == "torch" and not isinstance(run.backbone, ResNet):
         raise ValueError(
             f"--format=torch exports ResNet backbones only; this run's backbone is "

@@ -45,13 +45,14 @@ from ssljax import (
     workdir_lock,
 )
 from ssljax import models as models_lib
+from ssljax.eval.features import compute_features, make_feature_fn
+from ssljax.models.dtypes import DTYPES
 from ssljax.models.siamese import SiameseNetwork
 from ssljax.train_state import TrainState
 
 PyTree = Any
 # Metrics the step computes on logging steps only (see make_train_step).
 LOG_STEP_ONLY = ("feature_rankme",)
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -408,60 +409,6 @@ def make_train_step(
 # ----------------------------------------------------------------------------------------------
 # Features for the kNN monitor and evaluation.
 # ----------------------------------------------------------------------------------------------
-def make_feature_fn(comps: Components) -> Callable[[TrainState, jax.Array], jax.Array]:
-    """Returns ``features(state, uint8_images) -> [B, D]``: eval preprocessing, eval-mode BN."""
-
-    def features(state: TrainState, images: jax.Array) -> jax.Array:
-        x = comps.eval_preprocess(images)
-        return comps.online_net.apply(
-            {"params": state.params, "batch_stats": state.batch_stats},
-            x,
-            method=SiameseNetwork.features,
-        )
-
-    return features
-
-
-def compute_features(
-    feature_fn: Callable[[Any, jax.Array], jax.Array],
-    variables: Any,
-    batches: Iterator[Mapping[str, np.ndarray]],
-    mesh: jax.sharding.Mesh,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Features and labels of every example in ``batches`` (one pass), on every process.
-
-    Each process contributes its rows of each global batch; the features come back replicated
-    (rows ordered by process), and labels and the loader's padding masks are gathered the same
-    way, so every process gets the whole split, each example exactly once. A local batch is
-    padded to a multiple of the local device count (the loader already pads a short last batch
-    to full size and marks real rows in ``'mask'``).
-    """
-    from jax.experimental import multihost_utils
-
-    n_local_dev = jax.local_device_count()
-    in_sharding = sharding.batch_sharding(mesh)
-    fn = jax.jit(feature_fn, out_shardings=sharding.replicated(mesh))
-    feats, labels = [], []
-    for batch in batches:
-        images = np.asarray(batch["image"])
-        n = images.shape[0]
-        keep = np.asarray(batch.get("mask", np.ones(n, bool)), bool)
-        label = np.asarray(batch["label"])
-        pad = (-n) % n_local_dev
-        if pad:
-            images = np.concatenate([images, np.repeat(images[-1:], pad, axis=0)])
-            keep = np.concatenate([keep, np.zeros(pad, bool)])
-            label = np.concatenate([label, np.full(pad, -1, label.dtype)])
-        x = jax.make_array_from_process_local_data(in_sharding, images)
-        out = np.asarray(fn(variables, x))
-        if jax.process_count() > 1:
-            keep = np.asarray(multihost_utils.process_allgather(keep, tiled=True))
-            label = np.asarray(multihost_utils.process_allgather(label, tiled=True))
-        feats.append(out[keep])
-        labels.append(label[keep])
-    return np.concatenate(feats), np.concatenate(labels)
-
-
 def run_knn_monitor(
     config: ml_collections.ConfigDict,
     comps: Components,

@@ -2,7 +2,8 @@
 
 Every backbone is a Flax Linen module with ``__call__(images [B, H, W, C] float, train: bool)
 -> features [B, D] float32`` and a ``num_features`` property (D). ``create_backbone`` builds
-one from its registry name, e.g. ``create_backbone('resnet50', dtype=jnp.bfloat16)``.
+one from its registry name, e.g. ``create_backbone('resnet50', dtype=jnp.bfloat16)``;
+``backbone_from_config(config.model)`` builds the one a run's config names.
 
 Registry (``BACKBONES``):
 
@@ -30,18 +31,21 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from ssljax.models.dtypes import DTYPES
 from ssljax.models.heads import MLP, PUBLISHED_HEADS, create_head
 from ssljax.models.resnet import BasicBlock, Bottleneck, ResNet
 from ssljax.models.vit import VIT_SIZES, ViT
 
 __all__ = [
     "BACKBONES",
+    "DTYPES",
     "MLP",
     "PUBLISHED_HEADS",
     "BasicBlock",
     "Bottleneck",
     "ResNet",
     "ViT",
+    "backbone_from_config",
     "create_backbone",
     "create_head",
 ]
@@ -112,3 +116,31 @@ def create_backbone(name: str, *, dtype: Any = jnp.float32, **overrides: Any) ->
             f"allowed: {sorted(allowed)}."
         )
     return factory(dtype=dtype, **overrides)
+
+
+def backbone_from_config(model_config: Any) -> nn.Module:
+    """The backbone a run's ``config.model`` names, in its compute dtype.
+
+    The same module training builds inside its Siamese network, so the backbone's params of a
+    checkpoint (``params/backbone``) apply to it. Every backbone replicates one-channel images
+    to three channels, so its parameter shapes do not depend on the dataset.
+
+    Args:
+      model_config: ``config.model``: ``backbone`` (a :data:`BACKBONES` name), ``dtype`` (a
+        :data:`DTYPES` name) and ``backbone_kwargs`` (module attribute overrides).
+
+    Returns:
+      The Flax backbone module.
+
+    Raises:
+      ValueError: for an unknown dtype, backbone name or override.
+    """
+    if model_config.dtype not in DTYPES:
+        raise ValueError(
+            f"config.model.dtype={model_config.dtype!r} is not one of {sorted(DTYPES)}."
+        )
+    return create_backbone(
+        model_config.backbone,
+        dtype=DTYPES[model_config.dtype],
+        **dict(model_config.backbone_kwargs),
+    )
