@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from ssljax import data, metric_writers, paths, sharding, strict_json
+from ssljax import data, matmul_precision, metric_writers, paths, sharding, strict_json
 from ssljax.diagnostics import alignment, normalized_std, rankme, uniformity
 from ssljax.eval import config as config_lib
 from ssljax.eval import features, knn, linear, restore
@@ -144,12 +144,16 @@ def evaluate_run(
     mesh = sharding.make_mesh()
     info = data.get_dataset_info(run.config.data)
 
+    # The features at the precision the run trained with (runs older than the setting: JAX's).
+    precision = run.config.model.get("matmul_precision", "default")
     start = time.perf_counter()
-    train_feats = features.compute_split_features(run, run.config.data.train_split, ecfg, mesh)
-    train_seconds = time.perf_counter() - start
-    test_feats = features.compute_split_features(run, run.config.data.eval_split, ecfg, mesh)
+    with matmul_precision.applied(precision):
+        train_feats = features.compute_split_features(run, run.config.data.train_split, ecfg, mesh)
+        train_seconds = time.perf_counter() - start
+        test_feats = features.compute_split_features(run, run.config.data.eval_split, ecfg, mesh)
     feature_seconds = time.perf_counter() - start
     results: dict[str, Any] = {
+        "matmul_precision": precision,
         "num_train": int(train_feats[0].shape[0]),
         "num_test": int(test_feats[0].shape[0]),
         "feature_dim": int(train_feats[0].shape[1]),
