@@ -49,6 +49,7 @@ import argparse
 import json
 import os
 import pathlib
+import shlex
 import subprocess
 import sys
 import tarfile
@@ -132,7 +133,6 @@ def train_and_eval(row: str, args, cifar: pathlib.Path) -> dict:
     """Pretrains one row (if not done), runs the kNN and linear protocols, returns its results."""
     base, _ = split_row(row)
     workdir = args.root / row
-    workdir.mkdir(parents=True, exist_ok=True)
     log = workdir / "log.txt"
     if row == "init":
         config = "configs/byol.py:cifar10_cpu"
@@ -147,27 +147,36 @@ def train_and_eval(row: str, args, cifar: pathlib.Path) -> dict:
     else:
         config, extra = f"configs/{base}.py:cifar10_cpu", []
     data = [f"--config.data.root={cifar}", f"--config.data.data_dir={args.root / 'tfds'}"]
-    if not (workdir / "summary.json").exists():
-        _run(
-            [sys.executable, "-m", "ssljax.main", f"--config={config}", f"--workdir={workdir}"]
-            + data
-            + extra
-            + list(args.override),
-            log,
+    train_cmd = [sys.executable, "-m", "ssljax.main", f"--config={config}", f"--workdir={workdir}"]
+    train_cmd += data + extra + list(args.override)
+    eval_cmds = {
+        protocol: [
+            sys.executable,
+            "-m",
+            "ssljax.evaluate",
+            f"--workdir={workdir}",
+            f"--protocol={protocol}",
+            f"--data_dir={args.root / 'tfds'}",
+        ]
+        for protocol in ("knn", "linear")
+    }
+    if args.dry_run:
+        # The row's config with every override must resolve (a typo fails here, in seconds,
+        # not after hours of the rows before it); then the commands are printed, not run.
+        proc = subprocess.run(
+            [*train_cmd, "--print_config"], cwd=REPO, capture_output=True, text=True, check=False
         )
-    for protocol in ("knn", "linear"):
+        if proc.returncode:
+            raise SystemExit(f"row {row}: its config does not resolve:\n{proc.stderr[-2000:]}")
+        for cmd in (train_cmd, *eval_cmds.values()):
+            print("would run:", shlex.join(cmd), flush=True)
+        return {}
+    workdir.mkdir(parents=True, exist_ok=True)
+    if not (workdir / "summary.json").exists():
+        _run(train_cmd, log)
+    for protocol, cmd in eval_cmds.items():
         if not (workdir / f"eval_{protocol}.json").exists():
-            _run(
-                [
-                    sys.executable,
-                    "-m",
-                    "ssljax.evaluate",
-                    f"--workdir={workdir}",
-                    f"--protocol={protocol}",
-                    f"--data_dir={args.root / 'tfds'}",
-                ],
-                log,
-            )
+            _run(cmd, log)
     return summarize_run(row, workdir)
 
 
@@ -317,6 +326,12 @@ def parse_args(argv=None):
         "--tag", default="", help="run the method rows as variants ROW.TAG (with --override)"
     )
     parser.add_argument("--print", action="store_true", help="only print the finished rows")
+    parser.add_argument(
+        "--dry_run",
+        action="store_true",
+        help="check that every row's config resolves with the overrides and print the commands "
+        "that would run; train nothing",
+    )
     parser.add_argument("--out", type=pathlib.Path, help="also write the table JSON here")
     parser.add_argument("--plot", type=pathlib.Path, help="draw the rows' curves into this PNG")
     parser.add_argument(
@@ -355,6 +370,14 @@ def main(argv=None) -> None:
     for row in rows:
         split_row(row)
     args.root = args.root.expanduser().resolve()
+    if args.dry_run:
+        for row in rows:
+            if row == "pixels":
+                print("would compute: raw-pixel kNN and linear protocol (no training)")
+            else:
+                train_and_eval(row, args, args.root / "cifar10")
+        print(f"dry run: the {len(rows)} row(s) resolve; nothing was trained or written.")
+        return
     args.root.mkdir(parents=True, exist_ok=True)
     results = []
     cifar = None if args.print else unpack_cifar(args.root, args.shared_data)

@@ -186,7 +186,11 @@ def parse_flags_or_fail(argv: Sequence[str]) -> list[str]:
     except (AttributeError, KeyError) as err:
         # ml_collections: AttributeError("'name'") for a leaf, KeyError("'name'\nDid you mean
         # ...?") for a missing parent.
-        text = str(err.args[0] if err.args else err)
+        inner = err.args[0] if err.args else err
+        # The KeyError arrives wrapped in the AttributeError; its own message is unquoted.
+        if isinstance(inner, KeyError) and inner.args:
+            inner = inner.args[0]
+        text = str(inner)
         field, _, hint = text.partition("\n")
         field = field.strip("\"'")
         given = [a.split("=")[0] for a in argv if a.startswith("--config.") and field in a]

@@ -82,6 +82,14 @@ def test_unknown_preset_and_unknown_field_are_one_line(tmp_path):
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert "no field 'optimiser'" in proc.stderr
     assert 'Did you mean "optimizer"' in proc.stderr
+    # A misspelt leaf (the KeyError arrives inside an AttributeError): the same one clean line.
+    proc = _run("ssljax.main", "--config=configs/byol.py", "--config.tau_bse=0.9")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "error: --config.tau_bse: the config configs/byol.py has no field 'tau_bse'. "
+        'Did you mean "tau_base" instead of "tau_bse"? --print_config lists every field '
+        "(definitions: ssljax/config_schema.py)."
+    ], proc.stderr
 
 
 def test_validation_error_is_one_line_exit_2(tmp_path):

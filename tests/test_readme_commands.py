@@ -283,9 +283,10 @@ def test_readme_evaluate_and_export_commands(digits_workdir, env):
 def test_readme_local_launcher_commands(checkout, tmp_path):
     repo, home, env = checkout
     env = {**env, "PYTHON": sys.executable, "JAX_DISABLE_MOST_OPTIMIZATIONS": "true"}
-    # The Data section's unpack (as written) gives ~/data/cifar10 for the CIFAR-10 command.
+    # The Data section, as written and in the README's order, before the CIFAR-10 command.
     unpack = next(c for c in commands_of("data") if c.startswith("mkdir -p ~/data/cifar10"))
-    assert_ok(bash(without_comment(unpack), repo, env), unpack)
+    prepare = next(c for c in commands_of("data") if "ssljax.data.prepare" in c)
+    assert_ok(bash(f"{without_comment(unpack)} && {prepare}", repo, env), prepare)
     for command in commands_of("launch_local"):
         command = without_comment(command)
         workdir = re.search(r" (/tmp/\S+)", command).group(1)
@@ -299,21 +300,32 @@ def test_readme_local_launcher_commands(checkout, tmp_path):
 
 @pytest.mark.slow
 def test_readme_cifar_table_commands(checkout, tmp_path):
+    """Each table command as written, as a dry run (its rows and overrides resolve); one row
+    of the first for real on the tiny archive (training, kNN and linear protocols, the table)."""
     repo, home, env = checkout
     env = {
         **env,
         "SSLJAX_TEST_DATA": str(repo.parent / "shared" / "data"),
         "JAX_DISABLE_MOST_OPTIMIZATIONS": "true",
     }
-    tiny = " ".join(f"--override={flag}" for flag in shlex.split(TINY_RUN))
-    for i, command in enumerate(commands_of("cifar_table")):
-        command = without_comment(command)
-        root = tmp_path / f"table{i}"
-        run = replace_checked(command, "--root DIR", f"--root {root}") + f" {tiny}"
-        run = run.replace("python benchmarks/", f"python {REPO}/benchmarks/")
-        proc = bash(run, repo, env, timeout=1800)
+    commands = [without_comment(c) for c in commands_of("cifar_table")]
+    for i, command in enumerate(commands):
+        run = replace_checked(command, "--root DIR", f"--root {tmp_path / f'dry{i}'}")
+        run = run.replace("python benchmarks/", f"python {REPO}/benchmarks/") + " --dry_run"
+        proc = bash(run, repo, env, timeout=900)
         assert_ok(proc, run)
-        assert "kNN" in proc.stdout or "knn" in proc.stdout.lower(), proc.stdout[-2000:]
+        assert "nothing was trained" in proc.stdout and "would run:" in proc.stdout
+    tiny = " ".join(shlex.quote(f"--override={flag}") for flag in shlex.split(TINY_RUN))
+    root = tmp_path / "table"
+    run = replace_checked(commands[0], "--root DIR", f"--root {root}")
+    run = re.sub(r"--rows \S+", "--rows byol", run) + f" {tiny}"
+    run = run.replace("python benchmarks/", f"python {REPO}/benchmarks/")
+    proc = bash(run, repo, env, timeout=1800)
+    assert_ok(proc, run)
+    assert (root / "byol" / "eval_knn.json").is_file() and (
+        root / "byol" / "eval_linear.json"
+    ).is_file()
+    assert "| byol" in proc.stdout or "BYOL" in proc.stdout, proc.stdout[-2000:]
 
 
 # The benchmarks at their smallest: (appended arguments, results file flag or None).
