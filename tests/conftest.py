@@ -21,7 +21,26 @@ if "--xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "
         os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
     ).strip()
 
+# One persistent JAX compilation cache for the whole session, the training subprocesses
+# included (they inherit the environment): many tests compile the same small train steps (main
+# on digits, resume, preemption, the README's commands), and on 2 cores compiling is a large
+# share of their time. A fresh folder per session, removed at its end, so nothing stale is read;
+# a JAX_COMPILATION_CACHE_DIR set by the caller is used (and kept) instead.
+_OWN_CACHE = "JAX_COMPILATION_CACHE_DIR" not in os.environ
+if _OWN_CACHE:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="ssljax-test-jax-cache-")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Removes the session's own compilation cache."""
+    del session, exitstatus
+    if _OWN_CACHE:
+        shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+
+
 DATA_ENV = "SSLJAX_TEST_DATA"
 DEFAULT_DATA_DIR = REPO_ROOT.parent / "shared" / "data"
 

@@ -330,7 +330,7 @@ def test_readme_cifar_table_commands(checkout, tmp_path):
 
 # The benchmarks at their smallest: (appended arguments, results file flag or None).
 BENCHMARK_SMALL: dict[str, str] = {
-    "step.py": "--steps 2 --warmup 1 --out {out}",
+    "step.py": "--batch 16 --steps 2 --warmup 1 --out {out}",
     "torch_yardstick.py": "--methods byol --model resnet_tiny --batch 8 --steps 2 --warmup 1 "
     "--repeats 1 --sweep-steps 1 --torch-settings 1/default/contiguous --out {out}",
     "step_breakdown.py": "--repeats 1",
