@@ -118,18 +118,21 @@ def test_contract_loss_falls_and_state_keeps_structure(method, cifar_batch):
 def test_byol_target_is_ema_of_online(cifar_batch):
     config = small_config("byol", tau_base=0.9)
     comps, state, step = build(config)
-    old_target = state.target_params
-    tau = float(comps.tau_schedule(0))
+    old_target = state.method_state["target_params"]
+    tau = float(comps.target_policy.tau_schedule(0))
     assert tau == pytest.approx(0.9)
     new_state, metrics = step(state, jax.tree.map(jnp.asarray, cifar_batch))
     assert float(metrics["tau"]) == pytest.approx(tau)
-    assert set(new_state.target_params) == {"backbone", "projector"}
+    assert set(new_state.method_state["target_params"]) == {"backbone", "projector"}
     expected = jax.tree.map(
         lambda t, o: tau * t + (1 - tau) * o,
         old_target,
         {k: v for k, v in new_state.params.items() if k != "predictor"},
     )
-    got_leaves, want_leaves = jax.tree.leaves(new_state.target_params), jax.tree.leaves(expected)
+    got_leaves, want_leaves = (
+        jax.tree.leaves(new_state.method_state["target_params"]),
+        jax.tree.leaves(expected),
+    )
     for got, want in zip(got_leaves, want_leaves, strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
     # The target moved: it is not still the initial copy.
@@ -144,8 +147,8 @@ def test_simsiam_stores_no_target_copy():
     config = small_config("simsiam")
     comps = train.build_components(config, fake_info(), num_train_examples=BATCH)
     state = train.init_state(comps, config, jax.random.PRNGKey(0))
-    assert comps.method.target == "stop_gradient"
-    assert state.target_params == {} and state.target_batch_stats == {}
+    assert isinstance(comps.target_policy, methods.StopGradient)
+    assert state.method_state == {}
 
 
 def _projection_grads(method_name, key):
@@ -156,7 +159,7 @@ def _projection_grads(method_name, key):
 
     def loss(z1, z2, p1, p2):
         online = [{"projection": z1, "prediction": p1}, {"projection": z2, "prediction": p2}]
-        if method.target == "none":
+        if method.target_policy == methods.NoTarget.from_config:
             target = None
         else:  # the stop-gradient side is the same projections, as SimSiam's policy has it
             target = [{"projection": z1}, {"projection": z2}]

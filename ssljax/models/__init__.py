@@ -30,7 +30,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from ssljax.models.heads import MLP, PUBLISHED_HEADS, create_head
+from ssljax.models.heads import MLP, PUBLISHED_HEADS, DINOHead, WeightNormDense, create_head
 from ssljax.models.resnet import BasicBlock, Bottleneck, ResNet
 from ssljax.models.vit import VIT_SIZES, ViT
 
@@ -39,9 +39,11 @@ __all__ = [
     "MLP",
     "PUBLISHED_HEADS",
     "BasicBlock",
+    "DINOHead",
     "Bottleneck",
     "ResNet",
     "ViT",
+    "WeightNormDense",
     "create_backbone",
     "create_head",
 ]
