@@ -55,6 +55,7 @@ def get_config(arg: str | None = None):
     c.heads.bottleneck_dim = 256
     c.heads.projector_dim = 65536
     c.heads.norm_last_layer = True
+    c.heads.use_bn = False  # --use_bn_in_head
     # main_dino.py: per-tensor clipping at 3.0, the last layer frozen for the first epoch.
     c.optimizer.clip_grad_per_param = 3.0
     c.optimizer.freeze = ((r"^projector/last_layer/", 1.0),)

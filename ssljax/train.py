@@ -92,6 +92,7 @@ def build_heads(config: ml_collections.ConfigDict, method: methods.Method, dtype
             bottleneck_dim=h.bottleneck_dim,
             output_dim=h.projector_dim,
             norm_last_layer=h.norm_last_layer,
+            use_bn=h.get("use_bn", False),
             dtype=dtype,
         )
     else:

@@ -1,6 +1,6 @@
 """The method interface: what one SSL method contributes to the single training loop.
 
-A method is (DESIGN.md, "The methods, as one family"):
+A method is (DESIGN.md, "The three methods, as one family", which DINO now joins):
 
 * its heads: a projector and, for the asymmetric methods, a predictor;
 * its target policy (``ssljax.methods.target_policies``): an object that owns the target

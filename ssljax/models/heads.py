@@ -231,12 +231,12 @@ class WeightNormDense(nn.Module):
 class DINOHead(nn.Module):
     """DINO's projection head (Caron et al. 2021, sec. 3.1 and App. "Projection head").
 
-    ``[Dense -> GELU] * len(hidden_dims) -> Dense(bottleneck_dim) -> l2-normalise ->
-    WeightNormDense(output_dim)``, no BatchNorm (the paper's default ``use_bn=False``): for
-    ViT-S 384 -> 2048 -> 2048 -> 256 -> 65536. The Dense layers are initialised as the official
-    ``DINOHead._init_weights``: weights truncated normal with std 0.02, biases 0. Parameters:
-    ``dense_{i}``, ``last_layer/kernel`` and, without ``norm_last_layer``,
-    ``last_layer/g``.
+    ``[Dense [-> BN] -> GELU] * len(hidden_dims) -> Dense(bottleneck_dim) -> l2-normalise ->
+    WeightNormDense(output_dim)``, BatchNorm only with ``use_bn`` (the official
+    ``--use_bn_in_head``, default off): for ViT-S 384 -> 2048 -> 2048 -> 256 -> 65536. The
+    Dense layers are initialised as the official ``DINOHead._init_weights``: weights truncated
+    normal with std 0.02, biases 0. Parameters: ``dense_{i}`` (``bn_{i}``), ``last_layer/kernel``
+    and, without ``norm_last_layer``, ``last_layer/g``.
 
     Attributes:
       hidden_dims: widths of the hidden layers (the paper: ``(2048, 2048)``, nlayers = 3).
@@ -244,6 +244,8 @@ class DINOHead(nn.Module):
       output_dim: K, the number of prototypes (65536).
       norm_last_layer: keep the last layer's columns unit vectors (no learned ``g``); the
         paper's default, "more stable" (main_dino.py's help text).
+      use_bn: BatchNorm after each hidden Dense (``bn_{i}``; global-batch statistics, as
+        ``MLP``'s).
       dtype: compute dtype; parameters float32, output float32.
     """
 
@@ -251,12 +253,12 @@ class DINOHead(nn.Module):
     bottleneck_dim: int
     output_dim: int
     norm_last_layer: bool = True
+    use_bn: bool = False
     dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        """Applies the head to ``[B, D]`` features; ``train`` is unused (no BatchNorm)."""
-        del train
+        """Applies the head to ``[B, D]`` features (``train``: BatchNorm mode, with ``use_bn``)."""
         init = {
             "kernel_init": nn.initializers.truncated_normal(stddev=0.02, lower=-2.0, upper=2.0),
             "bias_init": nn.initializers.zeros,
@@ -268,6 +270,15 @@ class DINOHead(nn.Module):
                 y
             )
             if i < len(dims) - 1:
+                if self.use_bn:
+                    y = nn.BatchNorm(
+                        use_running_average=not train,
+                        momentum=BN_MOMENTUM,
+                        epsilon=BN_EPSILON,
+                        dtype=self.dtype,
+                        param_dtype=jnp.float32,
+                        name=f"bn_{i}",
+                    )(y)
                 # torch.nn.GELU: the exact (erf) form, not the tanh approximation.
                 y = nn.gelu(y, approximate=False)
         # F.normalize(x, dim=-1, p=2): x / max(||x||, 1e-12), in float32.
