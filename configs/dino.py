@@ -28,8 +28,11 @@ constant) and its clipping and freezing, head 2048-2048-256 -> K = 4096, 2 globa
 cifar10_cpu: cifar10 within the CPU budget of the README's table
 (``config_schema.apply_cpu_budget``: ResNet-18 at width 0.25, 4 epochs), the teacher
 temperature warm-up scaled with the run (30 of 200 epochs -> the first epoch).
-digits: seconds on the embedded digits dataset: the tiny ResNet at 16 px, 4 local crops of
-8 px, a small head (256-256-64 -> K = 1024).
+digits: the embedded digits dataset, 15 epochs (165 steps; about 5 minutes on a busy 2-core
+CPU, most of it compilation): the tiny ResNet at 16 px, 2 local crops of 8 px, a small head
+(256-256-64 -> K = 1024) with BatchNorm in its hidden layers (without it the head collapsed
+to a constant output on this network), AdamW at 0.002 x batch / 256, teacher momentum 0.99,
+teacher temperature warmed up over 5 epochs.
 """
 
 from ssljax import config_schema
@@ -95,16 +98,22 @@ def get_config(arg: str | None = None):
         for view in (c.augment.view1, c.augment.view2, c.augment.local_view):
             view.blur_prob = 0.0  # no blur at 32 px, as the other CIFAR presets
     else:  # digits
+        # Measured (2026-12-06, 2-core CPU under load): kNN 89.33% at initialisation -> 91.33%
+        # after 15 epochs. Without BN in the head the tiny ResNet's head collapsed to a
+        # constant output (teacher entropy -> log K) and the kNN moved by one test image.
+        c.num_epochs = 15.0
+        c.knn.every_epochs = 0.0
         c.heads.projector_hidden = (256, 256)
         c.heads.bottleneck_dim = 64
         c.heads.projector_dim = 1024
+        c.heads.use_bn = True
         c.optimizer.name = "adamw"
         c.optimizer.base_lr = 0.002
         c.optimizer.weight_decay = 0.04
         c.optimizer.final_weight_decay = 0.4
         c.tau_base = 0.99
-        c.method_config.warmup_teacher_temp_epochs = 10
-        c.augment.num_local_views = 4
+        c.method_config.warmup_teacher_temp_epochs = 5
+        c.augment.num_local_views = 2
         c.augment.local_image_size = 8
         c.augment.local_view.crop_scale = (0.2, 0.5)
         for view in (c.augment.view1, c.augment.view2, c.augment.local_view):
