@@ -414,3 +414,25 @@ def test_digits_job_beats_its_initialisation(tmp_path):
     out = train.train_and_evaluate(config, str(tmp_path / "run"))
     assert np.isfinite(out["loss"])
     assert out["knn_top1"] > out["knn_top1_init"], out
+
+
+def test_vit_interpolates_its_position_embedding_for_local_crops():
+    from ssljax.models import create_backbone
+    from ssljax.models.vit import _resize_pos_embed
+
+    module = create_backbone("vit_tiny_4", depth=1, interpolate_pos_embed=True)
+    variables = module.init(jax.random.PRNGKey(0), jnp.zeros((2, 32, 32, 3)), train=False)
+    assert variables["params"]["pos_embed"].shape == (1, 65, 192)  # 8 x 8 patches + class
+    local = module.apply(variables, jnp.ones((2, 16, 16, 3)), train=False)
+    assert local.shape == (2, 192) and np.all(np.isfinite(np.asarray(local)))
+    # A linear ramp over the grid stays a ramp (bicubic reproduces linear functions inside),
+    # and the class entry is kept.
+    ramp = np.arange(8, dtype=np.float32)[:, None, None] * np.ones((8, 8, 1), np.float32)
+    embed = jnp.concatenate([jnp.full((1, 1, 1), 7.0), jnp.asarray(ramp.reshape(1, 64, 1))], 1)
+    out = np.asarray(_resize_pos_embed(embed, (8, 8)))
+    np.testing.assert_allclose(out, np.asarray(embed), atol=1e-5)
+    out = np.asarray(_resize_pos_embed(embed, (4, 4)))
+    assert out[0, 0, 0] == 7.0 and out.shape == (1, 17, 1)
+    rows = out[0, 1:, 0].reshape(4, 4)
+    np.testing.assert_allclose(rows, rows[:, :1] * np.ones((1, 4)), atol=1e-5)  # constant in x
+    assert np.all(np.diff(rows[:, 0]) > 0)  # increasing in y
