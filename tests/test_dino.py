@@ -148,7 +148,14 @@ def test_dino_method_reads_the_center_and_moves_it():
         0.04,
     )
     np.testing.assert_allclose(float(loss), want, rtol=1e-5)
-    assert set(terms) == {"dino"}
+    assert set(terms) == {"dino", "teacher_entropy", "kl"}
+    q = [
+        np_softmax((np.float64(t["projection"]) - np.float64(state["center"])) / 0.04)
+        for t in target
+    ]
+    entropy = np.mean([np.mean(-np.sum(x * np.log(x), -1)) for x in q])
+    np.testing.assert_allclose(float(terms["teacher_entropy"]), entropy, rtol=1e-4)
+    np.testing.assert_allclose(float(terms["kl"]), want - entropy, rtol=1e-4, atol=1e-5)
     new = dino.dino_update_state(state, target, {})
     np.testing.assert_allclose(
         np.asarray(new["center"]),

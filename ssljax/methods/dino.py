@@ -93,7 +93,8 @@ def dino_method_loss(
         temperature) and the method state (the center).
 
     Returns:
-      The loss and ``{"dino": loss}``.
+      The loss and ``{"dino": loss, "teacher_entropy": H, "kl": loss - H}``, H the teacher
+      distributions' mean entropy (the loss's floor; the KL is the student's part).
 
     Raises:
       ValueError: without target outputs or context, or with fewer than two views.
@@ -109,7 +110,16 @@ def dino_method_loss(
         student_temp=cfg["student_temp"],
         teacher_temp=temp,
     )
-    return loss, {"dino": loss}
+    # Each pair's cross-entropy is H(P_t) + KL(P_t || P_s), and every teacher view is in the
+    # same number of pairs: the loss is the teachers' mean entropy plus the mean KL. The entropy
+    # is the centering's to raise (by design, early on); the KL is what the student reduces.
+    center = jnp.reshape(context.state["center"], (-1,))
+    entropies = []
+    for t in target:
+        log_q = jax.nn.log_softmax((t["projection"].astype(jnp.float32) - center) / temp, axis=-1)
+        entropies.append(jnp.mean(-jnp.sum(jnp.exp(log_q) * log_q, axis=-1)))
+    entropy = jax.lax.stop_gradient(sum(entropies) / len(entropies))
+    return loss, {"dino": loss, "teacher_entropy": entropy, "kl": loss - entropy}
 
 
 def dino_init_state(projection_dim: int, method_config: Any) -> base.MethodState:
