@@ -353,7 +353,10 @@ def analyze(spec: dict[str, Any]) -> dict[str, Any]:
 
     param_bytes = _tree_bytes(shapes.params)
     grad_bytes = param_bytes + _tree_bytes(shapes.probe_params)
-    c_online, c_target = _bn_channels(shapes.batch_stats), _bn_channels(shapes.target_batch_stats)
+    c_online, c_target = (
+        _bn_channels(shapes.batch_stats),
+        _bn_channels(shapes.method_state.get("target_batch_stats", {})),
+    )
     views = 2
     # Global-batch BatchNorm in float32: forward mean and mean of squares (2 C) per layer and
     # view, online and target; backward sum(dy) and sum(dy * x_hat) (2 C) per online layer and

@@ -842,7 +842,7 @@ def _apply_batch(images, params, *, cfg_items, output_size, mean, std, jitter_im
 def build_augment(
     view_configs: Sequence[Any],
     *,
-    output_size: int,
+    output_size: int | Sequence[int],
     mean: Sequence[float],
     std: Sequence[float],
     crop: bool = True,
@@ -851,12 +851,15 @@ def build_augment(
 
     Every setting is validated here, at build time; the image shape is checked when ``fn`` is
     traced. View v of example i uses the key ``fold_in(fold_in(rng, v), i)`` with i the index
-    in the global batch, so a batch sharded over devices gives the same result as unsharded.
+    in the global batch, so a batch sharded over devices gives the same result as unsharded,
+    and adding views (multi-crop's local views after the two global ones; Caron et al. 2020,
+    2021) leaves the keys, and so the values, of the earlier views unchanged.
 
     Args:
         view_configs: one view config per view (dicts or ConfigDicts; see ``VIEW_DEFAULTS``
             and the presets ``byol_views``, ``simsiam_views``, ``cifar_views``).
-        output_size: side of the square output views.
+        output_size: side of the square output views: one size for every view, or one per
+            view (multi-crop: e.g. ``[224, 224] + [96] * 10``).
         mean: per-channel dataset mean on the [0, 1] scale.
         std: per-channel dataset std on the [0, 1] scale.
         crop: True: ``images`` is [B, H, W, 3] and each view takes its own random resized
@@ -866,7 +869,7 @@ def build_augment(
     Returns:
         ``fn(rng, images, *, return_params=False)``: images uint8 in [0, 255] or float in
         [0, 1] (float images are not rescaled: 0-255 floats must be divided by 255 first);
-        returns a tuple of V float32 [B, output_size, output_size, 3] views, and with
+        returns a tuple of V float32 [B, S_v, S_v, 3] views (S_v the view's output size), and with
         ``return_params=True`` also a tuple of the per-view parameter dicts
         (``sample_view_params``). ``return_params`` is a Python bool: to jit with it, close
         over it (``jax.jit(functools.partial(fn, return_params=True))``).
@@ -883,9 +886,17 @@ def build_augment(
     views = [validate_view_config(c, name=f"view_configs[{i}]") for i, c in enumerate(view_configs)]
     if not views:
         raise ValueError("view_configs is empty; give one config per view, e.g. byol_views().")
-    output_size = _check_output_size(output_size)
-    mean_arr, std_arr = _check_mean_std(mean, std)
     num_views = len(views)
+    if isinstance(output_size, Sequence) and not isinstance(output_size, str):
+        if len(output_size) != num_views:
+            raise ValueError(
+                f"output_size gives {len(output_size)} sizes for {num_views} view configs; give "
+                "one size, or one per view."
+            )
+        sizes = [_check_output_size(s) for s in output_size]
+    else:
+        sizes = [_check_output_size(output_size)] * num_views
+    mean_arr, std_arr = _check_mean_std(mean, std)
 
     def augment(rng: jax.Array, images: jax.Array, *, return_params: bool = False):
         if crop:
@@ -901,14 +912,14 @@ def build_augment(
                 )
         batch = x.shape[0]
         outs, all_params = [], []
-        for v, cfg in enumerate(views):
+        for v, (cfg, size) in enumerate(zip(views, sizes, strict=True)):
             src = x if crop else x[:, v]
             params = sample_view_params(
                 jax.random.fold_in(rng, v), batch, cfg, image_hw=src.shape[1:3], crop=crop
             )
             outs.append(
                 apply_view(
-                    src, params, cfg, output_size=output_size, mean=mean_arr, std=std_arr, crop=crop
+                    src, params, cfg, output_size=size, mean=mean_arr, std=std_arr, crop=crop
                 )
             )
             all_params.append(params)

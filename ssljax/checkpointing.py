@@ -586,7 +586,7 @@ def check_config_matches(config: ml_collections.ConfigDict, workdir: str) -> Non
 
 # What config.init_from takes from another run: weights and statistics, not its optimizer
 # state, RNG or step (those start fresh, so the optimizer may differ).
-INIT_FROM_FIELDS = ("step", "params", "batch_stats", "target_params", "target_batch_stats")
+INIT_FROM_FIELDS = ("step", "params", "batch_stats", "method_state")
 
 
 def load_params_from(path: str, state: Any, shardings: Any) -> Any:

@@ -92,6 +92,12 @@ def base_config() -> ml_collections.ConfigDict:
     c.augment = ml_collections.ConfigDict()
     c.augment.view1 = view_config()
     c.augment.view2 = view_config(blur_prob=0.1, solarize_prob=0.2)
+    # Multi-crop (Caron et al. 2020, SwAV; DINO): this many local views after the two global
+    # ones, each a crop of `local_view`'s settings at local_image_size pixels. The target branch
+    # sees the global views only. 0 = the two-view methods' two views.
+    c.augment.num_local_views = 0
+    c.augment.local_image_size = 0
+    c.augment.local_view = view_config(crop_scale=(0.05, 0.4), blur_prob=0.5)
 
     c.global_batch = 256
     # Devices on the mesh's second axis, over which large parameters (and their optimizer and
@@ -236,6 +242,22 @@ def validate(
         )
     if config.data.image_size <= 0:
         _fail("data.image_size", f"must be positive, got {config.data.image_size}.")
+    num_local = config.augment.get("num_local_views", 0)
+    if num_local < 0:
+        _fail("augment.num_local_views", f"must be >= 0, got {num_local}.")
+    if num_local and config.augment.local_image_size <= 0:
+        _fail(
+            "augment.local_image_size",
+            f"must be positive with {num_local} local views, got "
+            f"{config.augment.local_image_size}.",
+        )
+    if num_local and config.data.crop_in_loader:
+        # The loader crops every view of an example at one size and one scale range.
+        _fail(
+            "augment.num_local_views",
+            "local views need their crops on device (data.crop_in_loader=False, images of a "
+            "fixed size); the loader's crops are all global views.",
+        )
     if config.knn.k <= 0:
         _fail("knn.k", f"must be positive, got {config.knn.k}.")
     if config.knn.temperature <= 0:
@@ -339,7 +361,8 @@ def apply_cpu_budget(c: ml_collections.ConfigDict) -> None:
 
     Keeps the method's CIFAR-10 recipe (heads, learning rate, augmentations) and changes the
     backbone's width and the length of the schedule: warm-up is a tenth of the run (the recipes'
-    10 of 1000 epochs would leave no warm-up at all), the kNN monitor runs at initialisation and
+    10 of 1000 epochs would leave no warm-up at all), DINO's teacher-temperature warm-up keeps
+    its share of the run (at least an epoch), the kNN monitor runs at initialisation and
     at the end (each pass embeds 60,000 images), checkpoints every 200 steps.
 
     One deviation of the recipe itself, for this budget only: where the recipe uses solo-learn's
@@ -350,6 +373,11 @@ def apply_cpu_budget(c: ml_collections.ConfigDict) -> None:
     1,950, and BYOL ended at the kNN of its initialisation (+0.7 points), against +6.0 with
     BYOL's LARS. configs/RECIPES.md states it.
     """
+    if "warmup_teacher_temp_epochs" in c.method_config:
+        # DINO's teacher-temperature warm-up keeps its share of the run (at least one epoch:
+        # the schedule is per epoch).
+        share = c.method_config.warmup_teacher_temp_epochs / c.num_epochs
+        c.method_config.warmup_teacher_temp_epochs = max(1, round(share * CPU_BUDGET_EPOCHS))
     c.model.backbone_kwargs.width = CPU_BUDGET_WIDTH
     c.num_epochs = CPU_BUDGET_EPOCHS
     c.warmup_epochs = CPU_BUDGET_EPOCHS / 10

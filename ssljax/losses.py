@@ -1,4 +1,4 @@
-"""Losses of self-supervised learning without negative pairs: BYOL, SimSiam, VICReg, Barlow Twins.
+"""Losses of SSL without negative pairs: BYOL, SimSiam, VICReg, Barlow Twins, DINO.
 
 Pure functions of ``[batch, dim]`` arrays: no Flax, no state, jittable, differentiable. Every
 input may have any float dtype; it is upcast to float32 (float64 stays float64) before any
@@ -13,7 +13,8 @@ The cosine losses are one direction of a pair of views, with a stop-gradient on 
 argument; the methods symmetrise by calling them again with the views swapped (BYOL sums the two
 directions, SimSiam averages them). VICReg and Barlow Twins are symmetric in their two arguments
 (swapping them transposes Barlow Twins' cross-correlation, which leaves its loss unchanged) and
-are called once per pair.
+are called once per pair. DINO's cross-entropy is over every pair of a teacher (global) view and
+another student view, against a center the method keeps (``ssljax.methods.dino``).
 
 Matrix products use ``precision=jax.lax.Precision.HIGHEST`` by default: on TPU the default
 float32 matmul rounds its operands to bfloat16, which would break the float32 promise above and,
@@ -25,7 +26,14 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-__all__ = ["barlow_twins_loss", "byol_loss", "simsiam_loss", "vicreg_loss"]
+__all__ = [
+    "barlow_twins_loss",
+    "byol_loss",
+    "dino_center_update",
+    "dino_loss",
+    "simsiam_loss",
+    "vicreg_loss",
+]
 
 # Smallest norm an embedding is divided by in the cosine losses. BYOL's official code (Haiku,
 # `utils/helpers.py: l2_normalize`) computes x * rsqrt(max(||x||^2, 1e-12)), i.e. clamps the norm at
@@ -382,3 +390,87 @@ def barlow_twins_loss(
     total = on_diagonal + lambd * off_diagonal
     terms = {"on_diagonal": on_diagonal, "off_diagonal": off_diagonal}
     return total.astype(jnp.float32), {k: t.astype(jnp.float32) for k, t in terms.items()}
+
+
+def dino_loss(
+    student: list[jax.Array] | tuple[jax.Array, ...],
+    teacher: list[jax.Array] | tuple[jax.Array, ...],
+    center: jax.Array,
+    *,
+    student_temp: float,
+    teacher_temp: jax.typing.ArrayLike,
+) -> jax.Array:
+    r"""DINO's cross-entropy between sharpened, centred teacher and student distributions.
+
+    Caron et al. 2021, eq. 1-3 and Algorithm 1: with ``P_s(x) = softmax(g_s(x) / tau_s)`` and
+    ``P_t(x) = softmax((g_t(x) - c) / tau_t)``,
+
+        L = 1 / |pairs| * sum_{i in global} sum_{v != i} mean_batch H(P_t(x_i), P_s(x_v)),
+        H(a, b) = -sum_k a_k log b_k,
+
+    over every pair of a teacher (global) view i and a *different* student view v (global or
+    local): the official ``DINOLoss.forward`` skips ``v == iq`` and divides by the number of
+    terms. The teacher distributions carry no gradient.
+
+    Args:
+      student: the student's head outputs, one ``[B, K]`` array per view, the global views
+        first in the teacher's order.
+      teacher: the teacher's head outputs of the global views, one ``[B, K]`` array each.
+      center: ``[K]`` or ``[1, K]``, the center c (:func:`dino_center_update`).
+      student_temp: tau_s (0.1 in the paper).
+      teacher_temp: tau_t at this step (0.04 -> 0.07 warm-up in the paper); may be traced.
+
+    Returns:
+      The float32 scalar loss.
+
+    Raises:
+      ValueError: for fewer than two views, shapes that differ, or a center of another width.
+    """
+    if len(teacher) < 1 or len(student) < 2 or len(student) < len(teacher):
+        raise ValueError(
+            f"DINO needs teacher outputs of the global views and student outputs of at least "
+            f"those views: got {len(teacher)} teacher and {len(student)} student views."
+        )
+    s = [_as_float_matrix(x, f"student[{v}]", min_batch=1) for v, x in enumerate(student)]
+    t = [_as_float_matrix(x, f"teacher[{i}]", min_batch=1) for i, x in enumerate(teacher)]
+    shapes = {x.shape for x in s + t}
+    if len(shapes) != 1:
+        raise ValueError(f"DINO: every view's output must have one shape, got {sorted(shapes)}.")
+    width = next(iter(shapes))[1]
+    c = jnp.asarray(center, jnp.float32).reshape(-1)
+    if c.shape != (width,):
+        raise ValueError(f"DINO: center has shape {jnp.shape(center)}, outputs have width {width}.")
+    log_p_s = [jax.nn.log_softmax(x / student_temp, axis=-1) for x in s]
+    p_t = [jax.lax.stop_gradient(jax.nn.softmax((x - c) / teacher_temp, axis=-1)) for x in t]
+    terms = [
+        jnp.mean(-jnp.sum(q * log_p_s[v], axis=-1))
+        for i, q in enumerate(p_t)
+        for v in range(len(log_p_s))
+        if v != i
+    ]
+    return (sum(terms) / len(terms)).astype(jnp.float32)
+
+
+def dino_center_update(
+    center: jax.Array,
+    teacher: list[jax.Array] | tuple[jax.Array, ...],
+    momentum: float,
+) -> jax.Array:
+    r"""DINO's center after a step: an EMA of the teacher outputs' batch mean.
+
+    Caron et al. 2021, eq. 4: ``c <- m c + (1 - m) * mean over the batch of g_t(x)``, the mean
+    over every global view of every example of the *global* batch (``update_center``
+    all-reduces; under ``jit`` with a sharded batch the mean is global by itself).
+
+    Args:
+      center: ``[K]`` or ``[1, K]``, the current center.
+      teacher: the teacher outputs of the global views, ``[B, K]`` each.
+      momentum: m (0.9 in the paper).
+
+    Returns:
+      The new center, float32, the shape of ``center``.
+    """
+    rows = jnp.concatenate([jnp.asarray(x, jnp.float32) for x in teacher], axis=0)
+    batch_center = jnp.mean(jax.lax.stop_gradient(rows), axis=0)
+    new = momentum * jnp.asarray(center, jnp.float32).reshape(-1) + (1.0 - momentum) * batch_center
+    return new.reshape(jnp.shape(center))

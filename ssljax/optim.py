@@ -30,9 +30,13 @@ __all__ = [
     "DEFAULT_EXCLUDE_FROM_WEIGHT_DECAY",
     "OPTIMIZERS",
     "adamw",
+    "add_scheduled_decayed_weights",
     "build_optimizer",
     "byol_lars",
     "byol_tau_schedule",
+    "clip_by_per_param_norm",
+    "cosine_schedule",
+    "freeze_for_steps",
     "matching_paths",
     "param_paths",
     "path_mask",
@@ -153,6 +157,37 @@ def byol_tau_schedule(tau_base: float, total_steps: int) -> optax.Schedule:
         return (1.0 - (1.0 - tau_base) * (jnp.cos(jnp.pi * k / total) + 1.0) / 2.0).astype(
             jnp.float32
         )
+
+    return schedule
+
+
+def cosine_schedule(start: float, end: float, total_steps: int) -> optax.Schedule:
+    r"""A value moved from ``start`` to ``end`` by a half cosine over ``total_steps``.
+
+    ``v(k) = end + (start - end) * (1 + cos(pi * min(k, K) / K)) / 2``: DINO's weight-decay
+    schedule, 0.04 to 0.4 over the run (Caron et al. 2021, sec. 3.1 "Implementation details";
+    ``utils.cosine_scheduler`` without warm-up in the official code, evaluated per iteration).
+
+    Args:
+        start: the value at step 0; >= 0.
+        end: the value at step K and beyond; >= 0.
+        total_steps: K; >= 1.
+
+    Returns:
+        An ``optax.Schedule`` of the step, float32.
+
+    Raises:
+        ValueError: for a negative value or ``total_steps`` < 1.
+    """
+    _check_nonnegative("start", start)
+    _check_nonnegative("end", end)
+    if int(total_steps) < 1:
+        raise ValueError(f"total_steps must be >= 1, got {total_steps}.")
+    start, end, total = float(start), float(end), int(total_steps)
+
+    def schedule(step: jax.typing.ArrayLike) -> jax.Array:
+        k = jnp.minimum(jnp.asarray(step, jnp.float32), total)
+        return (end + (start - end) * 0.5 * (1.0 + jnp.cos(jnp.pi * k / total))).astype(jnp.float32)
 
     return schedule
 
@@ -489,6 +524,121 @@ def sgd(
     )
 
 
+class CountState(NamedTuple):
+    """The number of updates applied so far (the step a schedule reads)."""
+
+    count: jax.Array
+
+
+def add_scheduled_decayed_weights(
+    schedule: optax.Schedule, mask: Mask | None = None
+) -> optax.GradientTransformation:
+    """``optax.add_decayed_weights`` with a coefficient that follows a schedule of the step.
+
+    Adds ``schedule(k) * p`` to the update of every masked parameter at update k (0-based), as
+    PyTorch's AdamW does when the training loop rewrites a group's ``weight_decay`` every
+    iteration (DINO's ``main_dino.py``).
+
+    Args:
+        schedule: the coefficient as a function of the update count.
+        mask: bool pytree (or function), True where weight decay applies; None = everywhere.
+
+    Returns:
+        An ``optax.GradientTransformation``; its ``update`` needs ``params``.
+    """
+
+    def init_fn(params: Any) -> CountState:
+        del params
+        return CountState(count=jnp.zeros((), jnp.int32))
+
+    def update_fn(updates: Any, state: CountState, params: Any = None):
+        if params is None:
+            raise ValueError("add_scheduled_decayed_weights needs the params.")
+        wd = schedule(state.count)
+        updates = jax.tree.map(lambda g, p: g + wd * p, updates, params)
+        return updates, CountState(count=optax.safe_increment(state.count))
+
+    tx = optax.GradientTransformation(init_fn, update_fn)
+    return optax.masked(tx, mask) if mask is not None else tx
+
+
+def clip_by_per_param_norm(max_norm: float) -> optax.GradientTransformation:
+    """Scales each parameter's gradient to norm at most ``max_norm``, tensor by tensor.
+
+    DINO's ``utils.clip_gradients``: ``g <- g * min(1, max_norm / (||g|| + 1e-6))`` for every
+    parameter separately (not the global norm of ``optax.clip_by_global_norm``).
+
+    Args:
+        max_norm: the bound, > 0.
+
+    Returns:
+        A stateless ``optax.GradientTransformation``.
+
+    Raises:
+        ValueError: if ``max_norm`` is not positive.
+    """
+    if not max_norm > 0:
+        raise ValueError(f"max_norm must be > 0, got {max_norm!r}.")
+
+    def update_fn(updates: Any, state: Any, params: Any = None):
+        del params
+
+        def clip(g: jax.Array) -> jax.Array:
+            coef = max_norm / (jnp.linalg.norm(g.astype(jnp.float32)) + 1e-6)
+            return jnp.where(coef < 1.0, g * coef, g).astype(g.dtype)
+
+        return jax.tree.map(clip, updates), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
+
+
+class FreezeState(NamedTuple):
+    """The wrapped optimizer's state and the number of updates so far."""
+
+    inner: Any
+    count: jax.Array
+
+
+def freeze_for_steps(
+    inner: optax.GradientTransformation, mask: Any, num_steps: int
+) -> optax.GradientTransformation:
+    """``inner`` with the masked parameters held fixed for the first ``num_steps`` updates.
+
+    DINO freezes its head's last layer during the first epoch ("cancel_gradients_last_layer"
+    in ``main_dino.py``: the gradients are dropped, so the optimizer neither moves nor decays
+    those weights). Here their gradients are zeroed before ``inner`` (so Adam's moments stay
+    0) and their updates after it (so no weight decay moves them). One difference from
+    PyTorch, which skips a parameter without gradient altogether: ``inner``'s shared step
+    count still advances, so Adam's bias correction of a frozen tensor starts at the count of
+    the run rather than at 1 when it is released.
+
+    Args:
+        inner: the optimizer.
+        mask: bool pytree like the params, True where frozen.
+        num_steps: updates 0 .. num_steps - 1 are frozen; 0 freezes nothing.
+
+    Returns:
+        The wrapped ``optax.GradientTransformation``.
+    """
+    num_steps = int(num_steps)
+
+    def init_fn(params: Any) -> FreezeState:
+        return FreezeState(inner=inner.init(params), count=jnp.zeros((), jnp.int32))
+
+    def update_fn(updates: Any, state: FreezeState, params: Any = None):
+        frozen = state.count < num_steps
+
+        def hold(u: jax.Array, m: bool) -> jax.Array:
+            return jnp.where(frozen, jnp.zeros_like(u), u) if m else u
+
+        updates = jax.tree.map(hold, updates, mask)
+        updates, inner_state = inner.update(updates, state.inner, params)
+        updates = jax.tree.map(hold, updates, mask)
+        return updates, FreezeState(inner=inner_state, count=optax.safe_increment(state.count))
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
 def adamw(
     learning_rate: optax.ScalarOrSchedule,
     *,
@@ -501,11 +651,13 @@ def adamw(
     """AdamW (Loshchilov & Hutter 2019) with a weight-decay mask: ``optax.adamw``.
 
     The update is ``-lr_k * (m_hat / (sqrt(v_hat) + eps) + weight_decay * p)``: as in PyTorch,
-    the decoupled decay is multiplied by the scheduled learning rate.
+    the decoupled decay is multiplied by the scheduled learning rate. With a schedule as
+    ``weight_decay`` (DINO's cosine from 0.04 to 0.4) the coefficient at update k is
+    ``weight_decay(k)``.
 
     Args:
         learning_rate: A float or an ``optax.Schedule`` of the update count.
-        weight_decay: The decoupled decay coefficient; >= 0.
+        weight_decay: The decoupled decay coefficient (>= 0) or a schedule of it.
         b1: Decay of the first-moment estimate.
         b2: Decay of the second-moment estimate.
         eps: Added to the denominator.
@@ -515,6 +667,13 @@ def adamw(
     Returns:
         An ``optax.GradientTransformation``; its ``update`` needs ``params``.
     """
+    if callable(weight_decay):
+        # optax.adamw's chain with the scheduled decay in place of the constant one.
+        return optax.chain(
+            optax.scale_by_adam(b1=b1, b2=b2, eps=eps),
+            add_scheduled_decayed_weights(weight_decay, weight_decay_mask),
+            optax.scale_by_learning_rate(learning_rate),
+        )
     return optax.adamw(
         learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, mask=weight_decay_mask
     )
@@ -541,6 +700,11 @@ _DEFAULTS: dict[str, Any] = {
     "exclude_from_weight_decay": DEFAULT_EXCLUDE_FROM_WEIGHT_DECAY,
     "fixed_lr": (),
     "lr_multipliers": (),
+    # DINO (main_dino.py): weight decay by cosine to this value (None: constant; AdamW only),
+    # per-tensor gradient clipping (0: none) and ((regex, epochs), ...) held frozen.
+    "final_weight_decay": None,
+    "clip_grad_per_param": 0.0,
+    "freeze": (),
 }
 
 # The LARS variants `lars_form` selects.
@@ -576,6 +740,7 @@ def build_optimizer(
     global_batch: int,
     total_steps: int,
     warmup_steps: int,
+    steps_per_epoch: int = 1,
 ) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """Builds the optimizer and its learning-rate schedule from a config.
 
@@ -603,6 +768,13 @@ def build_optimizer(
       step, final rate included; default ``()``. Barlow Twins' official per-group rates
       (weights 0.2, biases and BatchNorm parameters 0.0048, both times batch / 256 on the same
       schedule) are ``((r'(bias|scale)$', 0.0048 / 0.2),)``.
+    * ``final_weight_decay`` (AdamW only; default None, constant decay): the decay moves from
+      ``weight_decay`` to this value by :func:`cosine_schedule` over the run (DINO: 0.04 to
+      0.4).
+    * ``clip_grad_per_param`` (default 0, off): :func:`clip_by_per_param_norm` of the
+      gradients before everything else (DINO: 3.0).
+    * ``freeze``: ``((regex, epochs), ...)``: parameters whose path matches stay fixed for
+      that many epochs (:func:`freeze_for_steps`; DINO's head's last layer, one epoch).
 
     ``fixed_lr`` and ``lr_multipliers`` are implemented with ``optax.multi_transform`` over
     the groups they define, each with its own copy of the optimizer (under ``clip_lr`` each
@@ -615,6 +787,7 @@ def build_optimizer(
         global_batch: Batch size over all devices and hosts.
         total_steps: Number of optimizer steps of the run.
         warmup_steps: Steps of linear warmup, < ``total_steps``.
+        steps_per_epoch: Optimizer steps per epoch, for ``freeze``.
 
     Returns:
         ``(tx, lr_schedule)``: the transformation and the scheduled (non-fixed) learning rate
@@ -655,6 +828,14 @@ def build_optimizer(
             f"or clip_lr=False (got name={name!r}, lars_form={cfg['lars_form']!r})."
         )
     multipliers = _as_multipliers(cfg["lr_multipliers"])
+    if cfg["final_weight_decay"] is not None:
+        if name != "adamw":
+            raise ValueError(
+                f"final_weight_decay (a weight-decay schedule) needs name='adamw', got {name!r}."
+            )
+        _check_nonnegative("final_weight_decay", cfg["final_weight_decay"])
+        weight_decay = cosine_schedule(weight_decay, cfg["final_weight_decay"], total_steps)
+    _check_nonnegative("clip_grad_per_param", cfg["clip_grad_per_param"])
     if name == "adamw":
         _check_unit_interval("b1", cfg["b1"])
         _check_unit_interval("b2", cfg["b2"])
@@ -712,9 +893,18 @@ def build_optimizer(
             weight_decay_mask=decay_mask,
         )
 
+    def wrap(tx: optax.GradientTransformation) -> optax.GradientTransformation:
+        # DINO's order (main_dino.py): clip, then drop the frozen layers' gradients, then step.
+        for i, (pattern, epochs) in enumerate(_as_multipliers(cfg["freeze"], "freeze")):
+            mask = path_mask(params, pattern, name=f"freeze[{i}]")
+            tx = freeze_for_steps(tx, mask, int(round(epochs * steps_per_epoch)))
+        if cfg["clip_grad_per_param"]:
+            tx = optax.chain(clip_by_per_param_norm(cfg["clip_grad_per_param"]), tx)
+        return tx
+
     fixed_patterns = _as_patterns(cfg["fixed_lr"], "fixed_lr")
     if not fixed_patterns and not multipliers:
-        return make(lr_schedule), lr_schedule
+        return wrap(make(lr_schedule)), lr_schedule
 
     # One group per (fixed or scheduled, multiplier) pair that some parameter falls in.
     fixed = (
@@ -736,10 +926,11 @@ def build_optimizer(
         return make(lambda step: m * lr_schedule(step))
 
     transforms = {label: group(label) for label in sorted(set(jax.tree.leaves(labels)))}
-    return optax.multi_transform(transforms, labels), lr_schedule
+    return wrap(optax.multi_transform(transforms, labels)), lr_schedule
 
 
-def _as_multipliers(value: Any) -> tuple[tuple[str, float], ...]:
+def _as_multipliers(value: Any, field: str = "lr_multipliers") -> tuple[tuple[str, float], ...]:
+    noun = "multiplier" if field == "lr_multipliers" else "epochs"
     pairs = tuple(value or ())
     for pair in pairs:
         ok = (
@@ -752,11 +943,11 @@ def _as_multipliers(value: Any) -> tuple[tuple[str, float], ...]:
         )
         if not ok:
             raise ValueError(
-                "lr_multipliers must be a sequence of (regex, multiplier) pairs, e.g. "
+                f"{field} must be a sequence of (regex, {noun}) pairs, e.g. "
                 f"((r'(bias|scale)$', 0.024),); got {value!r}."
             )
-        _check_nonnegative(f"lr_multipliers multiplier of {pair[0]!r}", pair[1])
-        _as_patterns(pair[0], "lr_multipliers")
+        _check_nonnegative(f"{field} number of {pair[0]!r}", pair[1])
+        _as_patterns(pair[0], field)
     return tuple((str(p), float(m)) for p, m in pairs)
 
 

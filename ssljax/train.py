@@ -53,6 +53,9 @@ from ssljax.train_state import TrainState
 PyTree = Any
 # Metrics the step computes on logging steps only (see make_train_step).
 LOG_STEP_ONLY = ("feature_rankme",)
+# The views the target branch sees: the first two (DINO's global crops; all the views of the
+# two-view methods). Further views are multi-crop's local views.
+NUM_GLOBAL_VIEWS = 2
 
 
 # ----------------------------------------------------------------------------------------------
@@ -64,12 +67,12 @@ class Components:
 
     method: methods.Method
     online_net: SiameseNetwork
-    target_net: SiameseNetwork
+    # The method's target branch as behaviour: its state, outputs and update.
+    target_policy: methods.TargetPolicy
     probe: nn.Module
     tx: optax.GradientTransformation
     probe_tx: optax.GradientTransformation
     lr_schedule: optax.Schedule
-    tau_schedule: optax.Schedule
     augment_fn: Callable[[jax.Array, jax.Array], tuple[jax.Array, ...]]
     eval_preprocess: Callable[[jax.Array], jax.Array]
     dataset_info: Any
@@ -79,18 +82,23 @@ class Components:
 
 
 def build_heads(config: ml_collections.ConfigDict, method: methods.Method, dtype) -> tuple:
-    """Returns the projector and (or ``None``) the predictor MLPs the config asks for."""
+    """Returns the projector and (or ``None``) the predictor the config asks for.
+
+    ``heads.projector_type`` picks the projector: ``'mlp'`` (BYOL, SimSiam, VICReg, Barlow
+    Twins) or ``'dino'`` (:class:`ssljax.models.DINOHead`).
+    """
     h = config.heads
-    projector = models_lib.MLP(
-        hidden_dims=tuple(h.projector_hidden),
-        output_dim=h.projector_dim,
-        output_bn=h.projector_output_bn,
-        output_bn_affine=h.projector_output_bn_affine,
-        use_bias=h.projector_use_bias,
-        output_use_bias=h.projector_output_use_bias,
-        init_scheme=h.get("init", "flax"),
-        dtype=dtype,
-    )
+    if h.get("projector_type", "mlp") == "dino":
+        projector = models_lib.DINOHead(
+            hidden_dims=tuple(h.projector_hidden),
+            bottleneck_dim=h.bottleneck_dim,
+            output_dim=h.projector_dim,
+            norm_last_layer=h.norm_last_layer,
+            use_bn=h.get("use_bn", False),
+            dtype=dtype,
+        )
+    else:
+        projector = _mlp_projector(h, dtype)
     predictor = None
     if method.has_predictor:
         predictor = models_lib.MLP(
@@ -102,6 +110,37 @@ def build_heads(config: ml_collections.ConfigDict, method: methods.Method, dtype
             dtype=dtype,
         )
     return projector, predictor
+
+
+def _mlp_projector(h: ml_collections.ConfigDict, dtype) -> nn.Module:
+    return models_lib.MLP(
+        hidden_dims=tuple(h.projector_hidden),
+        output_dim=h.projector_dim,
+        output_bn=h.projector_output_bn,
+        output_bn_affine=h.projector_output_bn_affine,
+        use_bias=h.projector_use_bias,
+        output_use_bias=h.projector_output_use_bias,
+        init_scheme=h.get("init", "flax"),
+        dtype=dtype,
+    )
+
+
+def view_list(config: ml_collections.ConfigDict) -> tuple[list[Any], list[int]]:
+    """The views of a step, in order, and their sizes: two global views, then the local ones.
+
+    Args:
+      config: the run's config (``augment`` and ``data.image_size``).
+
+    Returns:
+      ``(view_configs, sizes)``: ``[view1, view2] + [local_view] * num_local_views`` and
+      ``[image_size] * 2 + [local_image_size] * num_local_views``.
+    """
+    num_local = int(config.augment.get("num_local_views", 0))
+    configs = [config.augment.view1, config.augment.view2] + [config.augment.local_view] * num_local
+    sizes = [config.data.image_size] * NUM_GLOBAL_VIEWS + [
+        config.augment.get("local_image_size", 0)
+    ] * num_local
+    return configs, sizes
 
 
 def build_components(
@@ -124,7 +163,6 @@ def build_components(
     )
     projector, predictor = build_heads(config, method, dtype)
     online_net = SiameseNetwork(backbone=backbone, projector=projector, predictor=predictor)
-    target_net = SiameseNetwork(backbone=backbone, projector=projector, predictor=None)
     probe = nn.Dense(dataset_info.num_classes, name="probe")
 
     steps_per_epoch = max(num_train_examples // config.global_batch, 1)
@@ -158,14 +196,19 @@ def build_components(
         global_batch=config.global_batch,
         total_steps=total_steps,
         warmup_steps=warmup_steps,
+        steps_per_epoch=steps_per_epoch,
     )
     probe_tx = optax.adam(config.probe.lr) if config.probe.enabled else optax.set_to_zero()
-    tau_schedule = optim.byol_tau_schedule(config.tau_base, total_steps)
+    # The target branch sees the global views (all of them for the two-view methods).
+    target_policy = method.target_policy(
+        config, online_net=online_net, total_steps=total_steps, num_views=NUM_GLOBAL_VIEWS
+    )
 
     mean, std = dataset_info.mean, dataset_info.std
+    view_configs, view_sizes = view_list(config)
     augment_fn = augment.build_augment(
-        [config.augment.view1, config.augment.view2],
-        output_size=config.data.image_size,
+        view_configs,
+        output_size=view_sizes,
         mean=mean,
         std=std,
         crop=not config.data.crop_in_loader,
@@ -176,12 +219,11 @@ def build_components(
     return Components(
         method=method,
         online_net=online_net,
-        target_net=target_net,
+        target_policy=target_policy,
         probe=probe,
         tx=tx,
         probe_tx=probe_tx,
         lr_schedule=lr_schedule,
-        tau_schedule=tau_schedule,
         augment_fn=augment_fn,
         eval_preprocess=eval_preprocess,
         dataset_info=dataset_info,
@@ -202,7 +244,7 @@ def _init_variables(net: SiameseNetwork, rng: jax.Array, image_size: int, datase
 # State.
 # ----------------------------------------------------------------------------------------------
 def init_state(comps: Components, config: ml_collections.ConfigDict, rng: jax.Array) -> TrainState:
-    """Initial train state: online params, target copy (EMA methods), optimizers, probe.
+    """Initial train state: online params, the method's state, optimizers, probe.
 
     Args:
       comps: the run's components.
@@ -227,13 +269,12 @@ def init_state(comps: Components, config: ml_collections.ConfigDict, rng: jax.Ar
         batch_stats,
     )
     probe_params = comps.probe.init(probe_rng, jnp.zeros(feat_shape.shape, jnp.float32))["params"]
-    if comps.method.target == "ema":
-        # The target starts as an exact copy of the online backbone and projector
-        # (Grill et al. 2020, Algorithm 1: xi <- theta).
-        target_params = {k: v for k, v in params.items() if k != "predictor"}
-        target_batch_stats = {k: v for k, v in batch_stats.items() if k != "predictor"}
-    else:
-        target_params, target_batch_stats = {}, {}
+    # The policy's entries (an EMA target's copy of the online network) and the method's own
+    # (DINO's center), in one dict.
+    method_state = {
+        **comps.target_policy.init(params, batch_stats),
+        **comps.method.init_state(config.heads.projector_dim, dict(config.method_config)),
+    }
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
@@ -241,8 +282,7 @@ def init_state(comps: Components, config: ml_collections.ConfigDict, rng: jax.Ar
         opt_state=comps.tx.init(params),
         probe_params=probe_params,
         probe_opt_state=comps.probe_tx.init(probe_params),
-        target_params=target_params,
-        target_batch_stats=target_batch_stats,
+        method_state=method_state,
         rng=train_rng,
         nonfinite_count=jnp.zeros((), jnp.int32),
         nonfinite_total=jnp.zeros((), jnp.int32),
@@ -292,13 +332,15 @@ def make_train_step(
 ) -> Callable[[TrainState, Mapping[str, jax.Array]], tuple[TrainState, dict[str, jax.Array]]]:
     """Returns the pure ``train_step(state, batch) -> (state, metrics)``.
 
-    The step augments both views (on device), runs the online network on each, the target
+    The step augments every view (on device), runs the online network on each, the target
     branch by the method's policy, the method's loss, the online probe on
-    ``stop_gradient(features)``, the optimizer, and the EMA update of the target. A step whose
-    loss or gradients are not finite leaves the state unchanged (but for the counters), decided
-    on device with no host round-trip.
+    ``stop_gradient(features)``, the optimizer, and the policy's and the method's state updates
+    (an EMA target's, DINO's center). It never asks which method it runs. A step whose loss or
+    gradients are not finite leaves the state unchanged (but for the counters), decided on
+    device with no host round-trip.
     """
     method = comps.method
+    policy = comps.target_policy
     method_config = dict(config.method_config)
     probe_enabled = bool(config.probe.enabled)
 
@@ -307,34 +349,25 @@ def make_train_step(
         views = comps.augment_fn(step_rng, batch["image"])
         labels = batch["label"]
 
-        # Target branch of EMA methods: its own params, no gradient (Grill et al. 2020, eq. 2's
-        # sg(.)); stop_gradient is kept although the params are separate, to state intent.
-        if method.target == "ema":
-            target_out, new_target_bs = _forward_views(
-                comps.target_net, state.target_params, state.target_batch_stats, views
-            )
-            target_out = jax.lax.stop_gradient(target_out)
-        else:
-            target_out, new_target_bs = None, state.target_batch_stats
+        context = methods.LossContext(state.step, comps.steps_per_epoch, state.method_state)
 
         def loss_fn(params, probe_params):
             online_out, new_bs = _forward_views(comps.online_net, params, state.batch_stats, views)
-            if method.target == "stop_gradient":
-                # SimSiam: the target is the online network itself, without gradient.
-                target = [jax.lax.stop_gradient(o) for o in online_out]
-            else:
-                target = target_out
-            ssl_loss, terms = method.loss(online_out, target, method_config)
+            # Under stop_gradient whatever the policy (EMA target, online under stop-gradient,
+            # none); the target's forward does not depend on `params`, so it costs no backward.
+            target, method_state = policy.outputs(state.method_state, views, online_out)
+            ssl_loss, terms = method.loss(online_out, target, method_config, context)
+            method_state = method.update_state(method_state, target, method_config)
             # The probe sees features under stop_gradient: it cannot move the backbone.
             feats = jax.lax.stop_gradient(online_out[0]["features"])
             logits = comps.probe.apply({"params": probe_params}, feats)
             probe_loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
             total = ssl_loss + (probe_loss if probe_enabled else 0.0)
-            return total, (ssl_loss, terms, new_bs, online_out, logits, probe_loss)
+            return total, (ssl_loss, terms, new_bs, method_state, online_out, logits, probe_loss)
 
         grad_fn = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)
         (_, aux), (grads, probe_grads) = grad_fn(state.params, state.probe_params)
-        ssl_loss, terms, new_bs, online_out, logits, probe_loss = aux
+        ssl_loss, terms, new_bs, method_state, online_out, logits, probe_loss = aux
 
         updates, new_opt_state = comps.tx.update(grads, state.opt_state, state.params)
         new_params = optax.apply_updates(state.params, updates)
@@ -343,16 +376,11 @@ def make_train_step(
         )
         new_probe_params = optax.apply_updates(state.probe_params, probe_updates)
 
-        tau = comps.tau_schedule(state.step)
-        if method.target == "ema":
-            # xi <- tau * xi + (1 - tau) * theta, after the online update (Algorithm 1).
-            online_no_pred = {k: v for k, v in new_params.items() if k != "predictor"}
-            new_target = optim.update_target(online_no_pred, state.target_params, tau)
-        else:
-            new_target = state.target_params
+        # After the online update (BYOL's Algorithm 1: the EMA follows the new params).
+        new_method_state, policy_metrics = policy.update(method_state, new_params, state.step)
 
         finite = step_is_finite(
-            ssl_loss, grads, (new_params, new_bs, new_probe_params, new_target, new_target_bs)
+            ssl_loss, grads, (new_params, new_bs, new_probe_params, new_method_state)
         )
         proposed = state.replace(
             step=state.step + 1,
@@ -361,8 +389,7 @@ def make_train_step(
             opt_state=new_opt_state,
             probe_params=new_probe_params,
             probe_opt_state=new_probe_opt,
-            target_params=new_target,
-            target_batch_stats=new_target_bs,
+            method_state=new_method_state,
         )
         # A non-finite step only advances the step and the counters: the params, optimizer
         # state and statistics of the last good step are kept.
@@ -399,8 +426,7 @@ def make_train_step(
             # when the metrics are fetched, not only on the state at logging steps.
             "nonfinite_count": new_state.nonfinite_count.astype(jnp.float32),
         }
-        if method.target == "ema":
-            metrics["tau"] = tau
+        metrics.update(policy_metrics)
         return new_state, metrics
 
     return train_step

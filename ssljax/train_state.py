@@ -25,9 +25,11 @@ class TrainState(flax.struct.PyTreeNode):
       opt_state: optimizer state of ``params``.
       probe_params: the online linear probe (trained on ``stop_gradient(features)``).
       probe_opt_state: the probe's own optimizer state.
-      target_params: EMA target ``{'backbone', 'projector'}`` for methods with an EMA target,
-        else an empty dict (SimSiam's target is the online network; VICReg has none).
-      target_batch_stats: BatchNorm statistics of the target branch, or an empty dict.
+      method_state: the method's own state, a dict its target policy and loss own
+        (``ssljax.methods.target_policies``): for an EMA target (BYOL, DINO)
+        ``target_params`` ``{'backbone', 'projector'}`` and ``target_batch_stats``; DINO's
+        ``center`` besides; empty for SimSiam (its target is the online network) and for
+        VICReg and Barlow Twins (no target).
       rng: base PRNG key; step ``k`` uses ``fold_in(rng, k)`` so a resumed run draws the same
         numbers as an uninterrupted one.
       nonfinite_count: consecutive steps skipped because loss or gradients were not finite.
@@ -40,8 +42,7 @@ class TrainState(flax.struct.PyTreeNode):
     opt_state: PyTree
     probe_params: PyTree
     probe_opt_state: PyTree
-    target_params: PyTree
-    target_batch_stats: PyTree
+    method_state: PyTree
     rng: jax.Array
     nonfinite_count: jax.Array
     nonfinite_total: jax.Array

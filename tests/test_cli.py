@@ -27,7 +27,7 @@ def _run(*args: str, cwd=REPO) -> subprocess.CompletedProcess:
 
 def test_train_help_lists_methods_presets_overrides_and_fields():
     text = cli.train_help()
-    for method in ("byol", "simsiam", "vicreg", "barlow_twins"):
+    for method in ("byol", "simsiam", "vicreg", "barlow_twins", "dino"):
         assert f"configs/{method}.py" in text
     assert "configs/byol.py          digits, cifar10, cifar10_cpu, random_target, imagenet" in text
     assert text.count("--config.") >= 3, "two override examples and the syntax"
@@ -66,7 +66,7 @@ def test_mistyped_config_path_lists_the_config_files():
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
     assert "no file 'configs/byl.py'" in lines[0]
-    assert "configs/byol.py, configs/simsiam.py" in lines[0]
+    assert "configs/byol.py, configs/dino.py, configs/simsiam.py" in lines[0]
     assert "config_config" not in proc.stderr
 
 

@@ -60,8 +60,7 @@ def tiny_state(scale: float = 1.0, width: int = 256) -> TrainState:
         opt_state={"mu": {"backbone": {"w": w * 0.5}}},
         probe_params={"k": jnp.ones((2, 2))},
         probe_opt_state={},
-        target_params={"backbone": {"w": w + 1.0}},
-        target_batch_stats={},
+        method_state={"target_params": {"backbone": {"w": w + 1.0}}, "target_batch_stats": {}},
         rng=jax.random.PRNGKey(0),
         nonfinite_count=jnp.zeros((), jnp.int32),
         nonfinite_total=jnp.zeros((), jnp.int32),
@@ -172,7 +171,8 @@ def test_item1_init_from_takes_weights_across_a_different_optimizer(tmp_path):
         got.params["backbone"]["w"], tiny_state(3.0).params["backbone"]["w"]
     )
     np.testing.assert_array_equal(
-        got.target_params["backbone"]["w"], tiny_state(3.0).target_params["backbone"]["w"]
+        got.method_state["target_params"]["backbone"]["w"],
+        tiny_state(3.0).method_state["target_params"]["backbone"]["w"],
     )
     assert got.opt_state["adam"]["nu"].shape == (7,)
     assert _listing(source) == before
@@ -208,10 +208,15 @@ def test_item2_a_non_finite_state_is_never_saved(tmp_path):
     _save(tmp_path, [2])
     bad = tiny_state(4.0)
     bad = bad.replace(
-        target_params={"backbone": {"w": bad.target_params["backbone"]["w"] * jnp.nan}}
+        method_state={
+            **bad.method_state,
+            "target_params": {
+                "backbone": {"w": bad.method_state["target_params"]["backbone"]["w"] * jnp.nan}
+            },
+        }
     )
     ckpt = checkpointing.Checkpointer(str(tmp_path), async_save=False)
-    with pytest.raises(FloatingPointError, match=r"target_params/backbone/w.*step 2"):
+    with pytest.raises(FloatingPointError, match=r"method_state/target_params/backbone/w.*step 2"):
         ckpt.save(4, bad, None)
     ckpt.close()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["2"]

@@ -135,7 +135,7 @@ def run_worker(args: argparse.Namespace) -> None:
         **initial,
         **_flat(state.params, "params/"),
         **_flat(state.batch_stats, "batch_stats/"),
-        **_flat(state.target_params, "target_params/"),
+        **_flat(state.method_state["target_params"], "target_params/"),
         **_flat(state.probe_params, "probe_params/"),
         "loss": np.asarray(losses),
         "indices": np.stack(indices),

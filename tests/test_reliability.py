@@ -96,7 +96,7 @@ def _start_and_signal(workdir, data_dir, env, sig, after_step: int) -> subproces
 def _final_params(workdir: pathlib.Path) -> dict[str, np.ndarray]:
     step = _complete_steps(workdir)[-1]
     restored = ocp.PyTreeCheckpointer().restore(workdir / "checkpoints" / str(step) / "state")
-    keys = ("params", "target_params", "opt_state", "probe_params", "batch_stats")
+    keys = ("params", "method_state", "opt_state", "probe_params", "batch_stats")
     leaves = jax.tree_util.tree_flatten_with_path({k: restored[k] for k in keys})[0]
     return step, {jax.tree_util.keystr(path): np.asarray(leaf) for path, leaf in leaves}
 
@@ -255,7 +255,7 @@ def test_nonfinite_step_is_skipped_inside_the_jitted_step():
     ):
         np.testing.assert_array_equal(a, b)
     for a, b in zip(
-        jax.tree.leaves(after.target_params), jax.tree.leaves(poisoned.target_params), strict=True
+        jax.tree.leaves(after.method_state), jax.tree.leaves(poisoned.method_state), strict=True
     ):
         np.testing.assert_array_equal(a, b)
 

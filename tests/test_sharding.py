@@ -140,7 +140,7 @@ def test_fsdp_step_equals_data_parallel_step(_fast_compiles):
     def leaf(tree):
         return functools.reduce(lambda t, k: t[k], path, tree)
 
-    for tree in (fs_state.params, fs_state.target_params):
+    for tree in (fs_state.params, fs_state.method_state["target_params"]):
         x = leaf(tree)
         assert x.sharding.spec == P(None, "fsdp"), x.sharding
         assert x.addressable_shards[0].data.shape == (192, 768 // 4)
@@ -159,7 +159,7 @@ def test_fsdp_step_equals_data_parallel_step(_fast_compiles):
     assert dp_losses[1] != dp_losses[0]
     # The rule shared by every device/process-count comparison (tests/param_compare.py): the
     # reductions (gradient sums, BN and LARS norms) are split differently over devices.
-    for tree in ("params", "target_params", "batch_stats", "probe_params"):
+    for tree in ("params", "method_state", "batch_stats", "probe_params"):
         assert_params_close(
             param_compare.flatten(jax.device_get(getattr(fs_state, tree)), tree + "/"),
             param_compare.flatten(jax.device_get(getattr(dp_state, tree)), tree + "/"),

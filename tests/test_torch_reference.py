@@ -151,8 +151,8 @@ def run_ssljax(method: str, overrides: tuple = ()) -> dict:
             {
                 "params": s.params,
                 "batch_stats": s.batch_stats,
-                "target_params": s.target_params,
-                "target_batch_stats": s.target_batch_stats,
+                "target_params": s.method_state.get("target_params", {}),
+                "target_batch_stats": s.method_state.get("target_batch_stats", {}),
             }
         )
 

@@ -12,13 +12,14 @@ from typing import Any
 import jax
 
 from ssljax import losses
-from ssljax.methods import base
+from ssljax.methods import base, target_policies
 
 
 def barlow_twins_method_loss(
     online: Sequence[base.ViewOutputs],
     target: Sequence[base.ViewOutputs] | None,
     method_config: Any = None,
+    context: base.LossContext | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Barlow Twins loss on the two projector outputs (Zbontar et al. 2021, eq. 1).
 
@@ -29,10 +30,12 @@ def barlow_twins_method_loss(
         code's current main.py has none; solo-learn's CIFAR barlow.yaml uses 0.1), a constant
         factor on the whole loss (and so on every gradient), as solo-learn's
         ``barlow_loss_func`` applies it.
+      context: unused (the loss keeps no state).
 
     Returns:
       The scaled loss and its unscaled on- and off-diagonal terms.
     """
+    del context
     if target is not None or len(online) != 2:
         raise ValueError("Barlow Twins takes two views and no target branch.")
     cfg = dict(method_config or {})
@@ -44,7 +47,7 @@ def barlow_twins_method_loss(
 
 BARLOW_TWINS = base.Method(
     name="barlow_twins",
-    target="none",
+    target_policy=target_policies.NoTarget.from_config,
     has_predictor=False,
     loss=barlow_twins_method_loss,
     # Zbontar et al. 2021, sec. 4: projector of three 8192-wide linear layers.

@@ -14,13 +14,14 @@ from typing import Any
 import jax
 
 from ssljax import losses
-from ssljax.methods import base
+from ssljax.methods import base, target_policies
 
 
 def byol_method_loss(
     online: Sequence[base.ViewOutputs],
     target: Sequence[base.ViewOutputs] | None,
     method_config: Any = None,
+    context: base.LossContext | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Symmetrised BYOL loss: L = l(q_1, z'_2) + l(q_2, z'_1) (Grill et al. 2020, eq. 2).
 
@@ -28,11 +29,12 @@ def byol_method_loss(
       online: per-view online outputs with a ``'prediction'`` entry.
       target: per-view target outputs with a ``'projection'`` entry.
       method_config: unused.
+      context: unused (the loss keeps no state).
 
     Returns:
       The loss and ``{'byol': loss}``.
     """
-    del method_config
+    del method_config, context
     if target is None or len(online) != 2 or len(target) != 2:
         raise ValueError("BYOL needs two views and target outputs for both.")
     loss = losses.byol_loss(online[0]["prediction"], target[1]["projection"]) + losses.byol_loss(
@@ -43,7 +45,7 @@ def byol_method_loss(
 
 BYOL = base.Method(
     name="byol",
-    target="ema",
+    target_policy=target_policies.EMA.from_config,
     has_predictor=True,
     loss=byol_method_loss,
     # Grill et al. 2020, sec. 3.3: both MLPs 4096 hidden, 256 out, BN + ReLU in the hidden layer.

@@ -13,13 +13,14 @@ from typing import Any
 import jax
 
 from ssljax import losses
-from ssljax.methods import base
+from ssljax.methods import base, target_policies
 
 
 def simsiam_method_loss(
     online: Sequence[base.ViewOutputs],
     target: Sequence[base.ViewOutputs] | None,
     method_config: Any = None,
+    context: base.LossContext | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Symmetrised SimSiam loss (Chen & He 2021, eq. 2).
 
@@ -27,11 +28,12 @@ def simsiam_method_loss(
       online: per-view online outputs with a ``'prediction'`` entry.
       target: per-view online projections under ``stop_gradient``.
       method_config: unused.
+      context: unused (the loss keeps no state).
 
     Returns:
       The loss and ``{'simsiam': loss}``.
     """
-    del method_config
+    del method_config, context
     if target is None or len(online) != 2 or len(target) != 2:
         raise ValueError("SimSiam needs two views and (stop-gradient) target outputs for both.")
     loss = 0.5 * losses.simsiam_loss(
@@ -42,7 +44,7 @@ def simsiam_method_loss(
 
 SIMSIAM = base.Method(
     name="simsiam",
-    target="stop_gradient",
+    target_policy=target_policies.StopGradient.from_config,
     has_predictor=True,
     loss=simsiam_method_loss,
     # Chen & He 2021, sec. 4 "Implementation details": projector 3 layers of 2048 with BN on

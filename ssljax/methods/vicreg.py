@@ -12,13 +12,14 @@ from typing import Any
 import jax
 
 from ssljax import losses
-from ssljax.methods import base
+from ssljax.methods import base, target_policies
 
 
 def vicreg_method_loss(
     online: Sequence[base.ViewOutputs],
     target: Sequence[base.ViewOutputs] | None,
     method_config: Any = None,
+    context: base.LossContext | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """VICReg loss on the two expander outputs (Bardes et al. 2022, eq. 6).
 
@@ -26,10 +27,12 @@ def vicreg_method_loss(
       online: per-view outputs with a ``'projection'`` entry (the expander output).
       target: must be ``None`` (VICReg has no target branch).
       method_config: ``sim_coeff``, ``std_coeff``, ``cov_coeff`` (paper: 25, 25, 1).
+      context: unused (the loss keeps no state).
 
     Returns:
       The loss and its three unweighted terms.
     """
+    del context
     if target is not None or len(online) != 2:
         raise ValueError("VICReg takes two views and no target branch.")
     cfg = dict(method_config or {})
@@ -45,7 +48,7 @@ def vicreg_method_loss(
 
 VICREG = base.Method(
     name="vicreg",
-    target="none",
+    target_policy=target_policies.NoTarget.from_config,
     has_predictor=False,
     loss=vicreg_method_loss,
     # Bardes et al. 2022, sec. 4.1: expander of three 8192-wide layers.

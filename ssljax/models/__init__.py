@@ -32,7 +32,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from ssljax.models.dtypes import DTYPES
-from ssljax.models.heads import MLP, PUBLISHED_HEADS, create_head
+from ssljax.models.heads import MLP, PUBLISHED_HEADS, DINOHead, WeightNormDense, create_head
 from ssljax.models.resnet import BasicBlock, Bottleneck, ResNet
 from ssljax.models.vit import VIT_SIZES, ViT
 
@@ -42,9 +42,11 @@ __all__ = [
     "MLP",
     "PUBLISHED_HEADS",
     "BasicBlock",
+    "DINOHead",
     "Bottleneck",
     "ResNet",
     "ViT",
+    "WeightNormDense",
     "backbone_from_config",
     "create_backbone",
     "create_head",

@@ -193,6 +193,106 @@ class MLP(nn.Module):
         return y.astype(jnp.float32)
 
 
+class WeightNormDense(nn.Module):
+    """A bias-free Dense layer under weight normalisation (Salimans & Kingma 2016).
+
+    ``y = x @ (g * v / ||v||)`` with the norm of each output unit's column of ``v``, as PyTorch's
+    ``nn.utils.weight_norm(nn.Linear(..., bias=False))`` (norm over every dimension but the
+    output one). With ``learn_scale=False`` there is no ``g``: it stays 1, every output unit a
+    unit vector (DINO's ``norm_last_layer=True``, ``weight_g.requires_grad = False``).
+
+    Attributes:
+      features: the output width.
+      learn_scale: whether ``g`` (one per output unit, initialised to 1) is a parameter.
+      dtype: compute dtype; the parameters are float32.
+    """
+
+    features: int
+    learn_scale: bool = False
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """Applies the layer to ``[B, D_in]`` inputs; returns ``[B, features]``."""
+        # PyTorch's nn.Linear default init for v (the official head builds this layer after
+        # its trunc_normal init pass); the scale of v cancels in the forward pass anyway.
+        v = self.param(
+            "kernel",
+            dense_inits("torch", x.shape[-1])["kernel_init"],
+            (x.shape[-1], self.features),
+            jnp.float32,
+        )
+        w = v / jnp.linalg.norm(v, axis=0, keepdims=True)
+        if self.learn_scale:
+            w = w * self.param("g", nn.initializers.ones, (self.features,), jnp.float32)
+        return jnp.dot(x.astype(self.dtype), w.astype(self.dtype))
+
+
+class DINOHead(nn.Module):
+    """DINO's projection head (Caron et al. 2021, sec. 3.1 and App. "Projection head").
+
+    ``[Dense [-> BN] -> GELU] * len(hidden_dims) -> Dense(bottleneck_dim) -> l2-normalise ->
+    WeightNormDense(output_dim)``, BatchNorm only with ``use_bn`` (the official
+    ``--use_bn_in_head``, default off): for ViT-S 384 -> 2048 -> 2048 -> 256 -> 65536. The
+    Dense layers are initialised as the official ``DINOHead._init_weights``: weights truncated
+    normal with std 0.02, biases 0. Parameters: ``dense_{i}`` (``bn_{i}``), ``last_layer/kernel``
+    and, without ``norm_last_layer``, ``last_layer/g``.
+
+    Attributes:
+      hidden_dims: widths of the hidden layers (the paper: ``(2048, 2048)``, nlayers = 3).
+      bottleneck_dim: width before the l2-normalisation (256).
+      output_dim: K, the number of prototypes (65536).
+      norm_last_layer: keep the last layer's columns unit vectors (no learned ``g``); the
+        paper's default, "more stable" (main_dino.py's help text).
+      use_bn: BatchNorm after each hidden Dense (``bn_{i}``; global-batch statistics, as
+        ``MLP``'s).
+      dtype: compute dtype; parameters float32, output float32.
+    """
+
+    hidden_dims: Sequence[int]
+    bottleneck_dim: int
+    output_dim: int
+    norm_last_layer: bool = True
+    use_bn: bool = False
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        """Applies the head to ``[B, D]`` features (``train``: BatchNorm mode, with ``use_bn``)."""
+        init = {
+            "kernel_init": nn.initializers.truncated_normal(stddev=0.02, lower=-2.0, upper=2.0),
+            "bias_init": nn.initializers.zeros,
+        }
+        y = x.astype(self.dtype)
+        dims = (*tuple(self.hidden_dims), self.bottleneck_dim)
+        for i, dim in enumerate(dims):
+            y = nn.Dense(dim, dtype=self.dtype, param_dtype=jnp.float32, name=f"dense_{i}", **init)(
+                y
+            )
+            if i < len(dims) - 1:
+                if self.use_bn:
+                    y = nn.BatchNorm(
+                        use_running_average=not train,
+                        momentum=BN_MOMENTUM,
+                        epsilon=BN_EPSILON,
+                        dtype=self.dtype,
+                        param_dtype=jnp.float32,
+                        name=f"bn_{i}",
+                    )(y)
+                # torch.nn.GELU: the exact (erf) form, not the tanh approximation.
+                y = nn.gelu(y, approximate=False)
+        # F.normalize(x, dim=-1, p=2): x / max(||x||, 1e-12), in float32.
+        y = y.astype(jnp.float32)
+        y = y / jnp.maximum(jnp.linalg.norm(y, axis=-1, keepdims=True), 1e-12)
+        y = WeightNormDense(
+            self.output_dim,
+            learn_scale=not self.norm_last_layer,
+            dtype=self.dtype,
+            name="last_layer",
+        )(y)
+        return y.astype(jnp.float32)
+
+
 # MLP keyword arguments of each method's heads, ImageNet/ResNet-50 sizes (see module docstring).
 PUBLISHED_HEADS: dict[str, dict[str, dict[str, Any]]] = {
     "byol": {

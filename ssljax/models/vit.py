@@ -21,6 +21,7 @@ biases zero, position embedding normal(0.02), class token normal(1e-6), patch pr
 PyTorch's default convolution (uniform +-1/sqrt(fan_in)) with a zero bias.
 """
 
+import math
 import numbers
 from typing import Any
 
@@ -160,11 +161,32 @@ class Block(nn.Module):
         return x + Mlp(hidden, self.dtype, name="mlp")(_layer_norm(self.dtype, "norm2")(x))
 
 
+def _resize_pos_embed(pos_embed: jax.Array, grid: tuple[int, int]) -> jax.Array:
+    """``[1, 1 + g*g, D]`` (square grid g) -> ``[1, 1 + gh*gw, D]``, class entry kept."""
+    cls, patches = pos_embed[:, :1], pos_embed[:, 1:]
+    side = math.isqrt(patches.shape[1])
+    if side * side != patches.shape[1]:
+        raise ValueError(
+            f"ViT: cannot interpolate a position embedding of {patches.shape[1]} patches (not a "
+            "square grid)."
+        )
+    grid_embed = patches.reshape(side, side, -1)
+    # No antialiasing, as torch's F.interpolate(mode="bicubic").
+    resized = jax.image.resize(
+        grid_embed, (*grid, grid_embed.shape[-1]), method="bicubic", antialias=False
+    )
+    return jnp.concatenate([cls, resized.reshape(1, grid[0] * grid[1], -1)], axis=1)
+
+
 class ViT(nn.Module):
     """Vision Transformer backbone returning the final-normed class-token feature.
 
     The position embedding has one entry per patch of the image size seen at ``init`` (plus
-    the class token); applying the parameters to another image size raises ValueError.
+    the class token); applying the parameters to another image size raises ValueError, unless
+    ``interpolate_pos_embed`` is set: then the patch grid of the embedding is resized by
+    bicubic interpolation to the image's grid, as DINO's ``interpolate_pos_encoding`` does for
+    multi-crop's local views (official ``vision_transformer.py``; torch's bicubic kernel uses
+    a = -0.75, ``jax.image.resize``'s the Keys a = -0.5, a small difference of smoothness).
 
     Attributes:
       width: Token width D (192 Tiny, 384 Small, 768 Base).
@@ -172,6 +194,8 @@ class ViT(nn.Module):
       num_heads: Attention heads (3, 6, 12); ``width`` must be divisible by it.
       patch_size: Side of the square patches; must divide the image height and width.
       mlp_ratio: MLP hidden width over ``width`` (4).
+      interpolate_pos_embed: accept other image sizes than the one seen at ``init`` by
+        resizing the position embedding (multi-crop).
       dtype: Compute dtype (e.g. ``jnp.bfloat16``); parameters stay float32, LayerNorm
         statistics and the softmax are computed in float32 and the feature is float32.
     """
@@ -181,6 +205,7 @@ class ViT(nn.Module):
     num_heads: int
     patch_size: int = 16
     mlp_ratio: float = 4.0
+    interpolate_pos_embed: bool = False
     dtype: Any = jnp.float32
 
     def __post_init__(self) -> None:
@@ -232,9 +257,10 @@ class ViT(nn.Module):
                 "size."
             )
         num_tokens = (height // p) * (width_px // p) + 1
+        stored = num_tokens
         if self.has_variable("params", "pos_embed"):
             stored = self.get_variable("params", "pos_embed").shape[1]
-            if stored != num_tokens:
+            if stored != num_tokens and not self.interpolate_pos_embed:
                 raise ValueError(
                     f"ViT: the position embedding was initialised for {stored - 1} patches but "
                     f"{height}x{width_px} images with patch size {p} give {num_tokens - 1}. Apply "
@@ -248,9 +274,11 @@ class ViT(nn.Module):
         pos_embed = self.param(
             "pos_embed",
             nn.initializers.normal(stddev=0.02),
-            (1, num_tokens, self.width),
+            (1, stored, self.width),
             jnp.float32,
         )
+        if stored != num_tokens:
+            pos_embed = _resize_pos_embed(pos_embed, (height // p, width_px // p))
         cls = jnp.broadcast_to(cls_token, (batch, 1, self.width)).astype(self.dtype)
         x = jnp.concatenate([cls, x], axis=1) + pos_embed.astype(self.dtype)
         for i in range(self.depth):
