@@ -179,24 +179,19 @@ class EMA(TargetPolicy):
 
 
 @dataclasses.dataclass(frozen=True)
-class StopGradient(TargetPolicy):
-    """The target is the online network itself, without gradient (SimSiam)."""
+class _Stateless(TargetPolicy):
+    """A policy with no state of its own and nothing to update: only its outputs differ."""
 
     @classmethod
-    def from_config(cls, config: ml_collections.ConfigDict, **unused: Any) -> StopGradient:
+    def from_config(cls, config: ml_collections.ConfigDict, **unused: Any) -> _Stateless:
         """The policy; it reads nothing from the config."""
         del config, unused
         return cls()
 
     def init(self, params, batch_stats):
-        """No state: the target is the online network."""
+        """No state: whatever target there is, is the online network."""
         del params, batch_stats
         return {}
-
-    def outputs(self, state, views, online):
-        """The online outputs of every view under stop_gradient."""
-        del views
-        return [jax.lax.stop_gradient(dict(o)) for o in online], state
 
     def update(self, state, new_params, step):
         """Nothing to update."""
@@ -205,26 +200,20 @@ class StopGradient(TargetPolicy):
 
 
 @dataclasses.dataclass(frozen=True)
-class NoTarget(TargetPolicy):
+class StopGradient(_Stateless):
+    """The target is the online network itself, without gradient (SimSiam)."""
+
+    def outputs(self, state, views, online):
+        """The online outputs of every view under stop_gradient."""
+        del views
+        return [jax.lax.stop_gradient(dict(o)) for o in online], state
+
+
+@dataclasses.dataclass(frozen=True)
+class NoTarget(_Stateless):
     """No target branch: the loss sees only the online outputs (VICReg, Barlow Twins)."""
-
-    @classmethod
-    def from_config(cls, config: ml_collections.ConfigDict, **unused: Any) -> NoTarget:
-        """The policy; it reads nothing from the config."""
-        del config, unused
-        return cls()
-
-    def init(self, params, batch_stats):
-        """No state."""
-        del params, batch_stats
-        return {}
 
     def outputs(self, state, views, online):
         """No target outputs (``None``)."""
         del views, online
         return None, state
-
-    def update(self, state, new_params, step):
-        """Nothing to update."""
-        del new_params, step
-        return state, {}
