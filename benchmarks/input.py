@@ -54,7 +54,11 @@ def _parse_args():
         "--n_large", type=int, default=3000, help="number of 500x375 / 375x500 JPEGs to make"
     )
     parser.add_argument("--seconds", type=float, default=6.0, help="timed seconds per case")
-    return parser.parse_args()
+    args = parser.parse_args()
+    # The 500x375 set is read in batches of 64: fewer images would give no batch at all.
+    if args.n_large < 80:
+        parser.error(f"--n_large={args.n_large}: at least 80 (batches of 64 from its train split)")
+    return args
 
 
 def _make_large_folder(cifar: pathlib.Path, dst: pathlib.Path, n: int) -> None:

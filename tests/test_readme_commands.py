@@ -336,7 +336,7 @@ BENCHMARK_SMALL: dict[str, str] = {
     "step_breakdown.py": "--repeats 1",
     "cpu_conv_backends.py": "--batch 2 --steps 1 --out {out}",
     "augment.py": "--repeats 1 --skip_jitter_compare --out {out}",
-    "input.py": "--seconds 0.2 --n_large 8 --workers 0,1 --out {out}",
+    "input.py": "--seconds 0.2 --n_large 80 --workers 0,1 --out {out}",
     "resume.py": "--batch 8 --steps 2 --every 1 --config configs/byol.py:cifar10_cpu --out {out}",
 }
 
