@@ -45,7 +45,7 @@ from ssljax import (
     workdir_lock,
 )
 from ssljax import models as models_lib
-from ssljax.eval.features import compute_features, make_feature_fn
+from ssljax.eval.features import compute_features, eval_preprocess_from_config, make_feature_fn
 from ssljax.models.dtypes import DTYPES
 from ssljax.models.siamese import SiameseNetwork
 from ssljax.train_state import TrainState
@@ -213,9 +213,7 @@ def build_components(
         std=std,
         crop=not config.data.crop_in_loader,
     )
-    eval_preprocess = functools.partial(
-        augment.preprocess_eval, output_size=config.data.image_size, mean=mean, std=std
-    )
+    eval_preprocess = eval_preprocess_from_config(config, dataset_info)
     return Components(
         method=method,
         online_net=online_net,

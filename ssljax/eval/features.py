@@ -71,11 +71,32 @@ def preprocessing_from_config(
         std=std,
         crop=not config.data.crop_in_loader,
     )
-    eval_preprocess = functools.partial(
-        augment.preprocess_eval, output_size=config.data.image_size, mean=mean, std=std
-    )
     return Preprocessing(
-        eval_preprocess=eval_preprocess, augment_fn=augment_fn, dataset_info=dataset_info
+        eval_preprocess=eval_preprocess_from_config(config, dataset_info),
+        augment_fn=augment_fn,
+        dataset_info=dataset_info,
+    )
+
+
+def eval_preprocess_from_config(
+    config: ml_collections.ConfigDict, dataset_info: Any
+) -> Callable[[jax.Array], jax.Array]:
+    """The run's evaluation preprocessing: centre crop, resize, normalisation.
+
+    One definition for training's kNN monitor and for evaluation.
+
+    Args:
+      config: the run's config (``data.image_size``).
+      dataset_info: ``ssljax.data.DatasetInfo`` of the run's dataset (its mean and std).
+
+    Returns:
+      ``fn(uint8 images) -> float32 [B, S, S, 3]`` (:func:`ssljax.augment.preprocess_eval`).
+    """
+    return functools.partial(
+        augment.preprocess_eval,
+        output_size=config.data.image_size,
+        mean=dataset_info.mean,
+        std=dataset_info.std,
     )
 
 
