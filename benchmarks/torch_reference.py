@@ -24,7 +24,7 @@ What is shared with ssljax, and what is not:
   antialiased bilinear resize), horizontal flip, ``ColorJitter`` in a random order applied with
   ``jitter_prob``, grayscale, Gaussian blur (kernel ``2 int(size / 20) + 1``, reflect padding,
   as ssljax), solarisation (x >= 0.5 -> 1 - x); each view with its own parameters from
-  ``config.augment.view1/view2`` (``ssljax.config_schema.VIEW_DEFAULTS`` documents them);
+  ``config.augment.view1/view2`` (``ssljax.augment.VIEW_DEFAULTS`` documents them);
   in a ``DataLoader`` with worker processes, a global reshuffle every epoch, ``drop_last``;
 * the evaluation: weighted kNN (cosine similarity, votes ``exp(s / T)``, ``config.knn.k`` and
   ``config.knn.temperature``, ssljax's ``knn.py``) on eval-mode backbone features of the 50,000

@@ -34,12 +34,8 @@ PRESETS = ("digits", "cifar10", "cifar10_cpu", "random_target", "imagenet")
 def get_config(arg: str | None = None):
     preset = config_schema.parse_preset(arg, PRESETS)
     c = config_schema.base_config()
-    c.method = "byol"
+    config_schema.set_method(c, "byol")  # heads: PUBLISHED_HEADS["byol"], 4096-256
     config_schema.set_dataset(c, "cifar10" if preset == "random_target" else preset)
-    c.heads.projector_hidden = (4096,)
-    c.heads.projector_dim = 256
-    c.heads.predictor_hidden = (4096,)
-    c.heads.predictor_dim = 256
     c.optimizer.name = "lars"
     if preset == "imagenet":
         c.global_batch = 4096

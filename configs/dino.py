@@ -43,14 +43,10 @@ PRESETS = ("digits", "cifar10", "cifar10_cpu", "imagenet")
 def get_config(arg: str | None = None):
     preset = config_schema.parse_preset(arg, PRESETS)
     c = config_schema.base_config()
-    c.method = "dino"
+    # method_config: the temperatures, their warm-up and the center momentum at the paper's
+    # values (ssljax.methods.dino.DEFAULTS; Caron et al. 2021, sec. 3.1, main_dino.py).
+    config_schema.set_method(c, "dino")
     config_schema.set_dataset(c, preset)
-    # Caron et al. 2021, sec. 3.1 and main_dino.py's defaults.
-    c.method_config.student_temp = 0.1
-    c.method_config.teacher_temp = 0.07
-    c.method_config.warmup_teacher_temp = 0.04
-    c.method_config.warmup_teacher_temp_epochs = 30
-    c.method_config.center_momentum = 0.9
     c.tau_base = 0.996  # teacher momentum, to 1 by cosine
     # The DINO head (ssljax.models.DINOHead): 3 layers, GELU, bottleneck, weight-normed last.
     c.heads.projector_type = "dino"

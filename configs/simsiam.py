@@ -19,7 +19,7 @@ augmentations (main_simsiam.py: crop 0.2, jitter 0.4/0.4/0.4/0.1, blur p 0.5 on 
 Every value beside its source, and the deviations: configs/RECIPES.md.
 """
 
-from ssljax import config_schema
+from ssljax import augment, config_schema
 
 PRESETS = ("digits", "cifar10", "cifar10_cpu", "imagenet")
 
@@ -27,22 +27,13 @@ PRESETS = ("digits", "cifar10", "cifar10_cpu", "imagenet")
 def get_config(arg: str | None = None):
     preset = config_schema.parse_preset(arg, PRESETS)
     c = config_schema.base_config()
-    c.method = "simsiam"
+    # Heads as the official builder.py (PUBLISHED_HEADS["simsiam"]): projector of three
+    # 2048-wide Linears without bias and an affine-free output BN; predictor 2048-512-2048,
+    # hidden without bias, output with.
+    config_schema.set_method(c, "simsiam")
     config_schema.set_dataset(c, preset)
     # The official code builds torchvision's ResNet with zero_init_residual=True.
     c.model.backbone_kwargs.zero_init_residual = True
-    c.heads.projector_hidden = (2048, 2048)
-    c.heads.projector_dim = 2048
-    # Official builder.py: projector Linears without bias (the last one's frozen bias is
-    # cancelled by the affine-free BN); predictor hidden without, output with bias.
-    c.heads.projector_use_bias = False
-    c.heads.projector_output_use_bias = False
-    c.heads.predictor_use_bias = False
-    c.heads.predictor_output_use_bias = True
-    c.heads.projector_output_bn = True
-    c.heads.projector_output_bn_affine = False
-    c.heads.predictor_hidden = (512,)
-    c.heads.predictor_dim = 2048
     c.optimizer.name = "sgd"
     c.optimizer.momentum = 0.9
     # The predictor keeps a constant learning rate (Chen & He 2021, Table 1 / sec. 4.2).
@@ -51,13 +42,13 @@ def get_config(arg: str | None = None):
     c.warmup_epochs = 0.0
     if preset != "digits":
         c.heads.init = "torch"  # builder.py: nn.Linear's default init
-    for view in (c.augment.view1, c.augment.view2):
-        view.solarize_prob = 0.0
-        if preset != "digits":
-            # main_simsiam.py (MoCo v2's augmentation), the same for both crops.
-            view.crop_scale = (0.2, 1.0)
-            view.saturation = 0.4
-            view.blur_prob = 0.5
+    if preset == "digits":
+        for view in (c.augment.view1, c.augment.view2):
+            view.solarize_prob = 0.0
+    else:
+        # main_simsiam.py (MoCo v2's augmentation), the same for both crops.
+        views = augment.simsiam_views()
+        c.augment.view1, c.augment.view2 = (config_schema.view_config(**v) for v in views)
     if preset == "imagenet":
         c.global_batch = 512
         c.num_epochs = 100.0

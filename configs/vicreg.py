@@ -26,18 +26,12 @@ PRESETS = ("digits", "cifar10", "cifar10_cpu", "imagenet")
 def get_config(arg: str | None = None):
     preset = config_schema.parse_preset(arg, PRESETS)
     c = config_schema.base_config()
-    c.method = "vicreg"
+    # method_config: sim/std/cov coefficients 25, 25, 1 (eq. 6); heads as the official
+    # Projector() (PUBLISHED_HEADS["vicreg"]): 8192-8192-8192, hidden Linears with bias.
+    config_schema.set_method(c, "vicreg")
     config_schema.set_dataset(c, preset)
     # The official code builds torchvision's ResNet with zero_init_residual=True.
     c.model.backbone_kwargs.zero_init_residual = True
-    c.method_config.sim_coeff = 25.0
-    c.method_config.std_coeff = 25.0
-    c.method_config.cov_coeff = 1.0
-    c.heads.projector_hidden = (8192, 8192)
-    c.heads.projector_dim = 8192
-    # Official Projector(): hidden Linears with bias, the last without.
-    c.heads.projector_use_bias = True
-    c.heads.projector_output_use_bias = False
     c.optimizer.name = "lars"
     if preset != "digits":
         c.heads.init = "torch"  # main_vicreg.py and solo-learn: nn.Linear's default init

@@ -28,7 +28,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from ssljax import checkpoint_integrity, config_schema
+from ssljax import checkpoint_integrity, config_schema, tree_paths
 
 T = TypeVar("T")
 
@@ -512,23 +512,12 @@ class Checkpointer:
             self._manager.close()
 
 
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
 def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> dict[str, tuple]:
     """Fields whose values differ between two configs, ignoring :data:`RESUMABLE_CHANGES`."""
-    a, b = _flatten(saved), _flatten(current)
+    a, b = tree_paths.flatten(saved), tree_paths.flatten(current)
     # A field that a later version of ssljax added is absent from an older run's config; at
     # its default it changes nothing (the older code behaved so), so it does not block a resume.
-    defaults = _flatten(json.loads(config_schema.base_config().to_json_best_effort()))
+    defaults = tree_paths.flatten(json.loads(config_schema.base_config().to_json_best_effort()))
     diffs = {}
     for key in sorted(set(a) | set(b)):
         if any(key == f or (f.endswith(".") and key.startswith(f)) for f in RESUMABLE_CHANGES):

@@ -11,34 +11,17 @@ import math
 
 import ml_collections
 
-from ssljax import matmul_precision
-
-# Defaults of one augmented view (BYOL's view 1, Grill et al. 2020, Table 6). Configs override
-# per view; ssljax.augment validates the keys.
-VIEW_DEFAULTS = dict(
-    crop_scale=(0.08, 1.0),
-    crop_ratio=(3.0 / 4.0, 4.0 / 3.0),
-    flip_prob=0.5,
-    jitter_prob=0.8,
-    brightness=0.4,
-    contrast=0.4,
-    saturation=0.2,
-    hue=0.1,
-    grayscale_prob=0.2,
-    blur_prob=1.0,
-    blur_sigma=(0.1, 2.0),
-    solarize_prob=0.0,
-)
+from ssljax import augment, matmul_precision, tree_paths
+from ssljax.models import heads
 
 
 def view_config(**overrides) -> ml_collections.ConfigDict:
-    """One view's augmentation settings: :data:`VIEW_DEFAULTS` with ``overrides``."""
-    unknown = set(overrides) - set(VIEW_DEFAULTS)
-    if unknown:
-        raise ValueError(
-            f"Unknown augmentation keys {sorted(unknown)}; valid: {sorted(VIEW_DEFAULTS)}."
-        )
-    return ml_collections.ConfigDict({**VIEW_DEFAULTS, **overrides})
+    """One view's augmentation settings: ``ssljax.augment.VIEW_DEFAULTS`` with ``overrides``.
+
+    Raises:
+      ValueError: for an unknown key or an invalid value (``augment.validate_view_config``).
+    """
+    return ml_collections.ConfigDict(augment.validate_view_config(overrides, name="view_config"))
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -59,19 +42,10 @@ def base_config() -> ml_collections.ConfigDict:
     # computes them in full float32, as a strict float32 reference does.
     c.model.matmul_precision = "default"
 
-    c.heads = ml_collections.ConfigDict()
-    c.heads.projector_hidden = (4096,)
-    c.heads.projector_dim = 256
-    # Biases of the hidden and output Dense layers, as the official codes have them (BYOL's
-    # Haiku MLP: hidden with bias, output without).
-    c.heads.projector_use_bias = True
-    c.heads.projector_output_use_bias = False
-    c.heads.projector_output_bn = False
-    c.heads.projector_output_bn_affine = True
-    c.heads.predictor_hidden = (4096,)
-    c.heads.predictor_dim = 256
-    c.heads.predictor_use_bias = True
-    c.heads.predictor_output_use_bias = False
+    # The published heads of the default method (BYOL's: 4096-256 projector and predictor,
+    # hidden layers with bias, output without, as its Haiku MLP); each config file sets its
+    # own method's from the same source, ssljax.models.heads.PUBLISHED_HEADS.
+    c.heads = ml_collections.ConfigDict(heads.head_config_fields(c.method))
     # Initialisation of the heads' Dense layers: 'flax' (LeCun normal, zero bias), 'torch'
     # (PyTorch's nn.Linear: U(+-1/sqrt(fan_in)) for kernel and bias) or 'haiku' (hk.Linear:
     # normal truncated at 2 std, std 1/sqrt(fan_in), zero bias); see ssljax.models.heads.
@@ -90,8 +64,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.crop_in_loader = False
 
     c.augment = ml_collections.ConfigDict()
-    c.augment.view1 = view_config()
-    c.augment.view2 = view_config(blur_prob=0.1, solarize_prob=0.2)
+    # BYOL's asymmetric views (Grill et al. 2020, Table 6), as ssljax.augment.byol_views.
+    c.augment.view1, c.augment.view2 = (view_config(**v) for v in augment.byol_views())
     # Multi-crop (Caron et al. 2020, SwAV; DINO): this many local views after the two global
     # ones, each a crop of `local_view`'s settings at local_image_size pixels. The target branch
     # sees the global views only. 0 = the two-view methods' two views.
@@ -169,13 +143,9 @@ def _fail(field: str, message: str) -> None:
     raise ValueError(f"config.{field}: {message}")
 
 
-def _check_finite_numbers(node, prefix: str = "") -> None:
+def _check_finite_numbers(config: ml_collections.ConfigDict) -> None:
     """Refuses NaN or infinity in any numeric field (or tuple of numbers), naming the field."""
-    for key, value in node.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, (dict, ml_collections.ConfigDict)):
-            _check_finite_numbers(value, name + ".")
-            continue
+    for name, value in tree_paths.flatten(config).items():
         values = value if isinstance(value, (tuple, list)) else (value,)
         for v in values:
             if isinstance(v, float) and not math.isfinite(v):
@@ -196,10 +166,15 @@ def validate(
       ValueError: naming the first invalid field and what to change.
     """
     from ssljax import methods  # late import: configs import this module
+    from ssljax.methods import base as method_base
 
     # First: NaN passes every comparison below (nan < 0 is False) and fails much later.
     _check_finite_numbers(config)
-    methods.get_method(config.method)
+    method = methods.get_method(config.method)
+    try:
+        method_base.resolve_method_config(method.name, method.config_defaults, config.method_config)
+    except ValueError as err:
+        _fail("method_config", str(err))
     if config.seed < 0:
         _fail("seed", f"must be >= 0 (a PRNG seed), got {config.seed}.")
     if config.global_batch <= 0:
@@ -284,6 +259,26 @@ def parse_preset(arg: str | None, presets: tuple[str, ...], default: str = "digi
     if preset not in presets:
         raise ValueError(f"Unknown preset {preset!r}; valid: {list(presets)}.")
     return preset
+
+
+def set_method(c: ml_collections.ConfigDict, name: str) -> None:
+    """Makes ``c`` a config of method ``name`` at the method's published settings.
+
+    Sets ``c.method``; ``c.method_config`` to the method's ``config_defaults`` (the paper's
+    coefficients and temperatures, written once in the method's module); and the heads to
+    ``ssljax.models.heads.PUBLISHED_HEADS[name]`` where the method has an MLP head there. A
+    config file then changes only what its preset deviates in.
+
+    Raises:
+      ValueError: for an unknown method (listing the valid ones).
+    """
+    from ssljax import methods  # late import: configs import this module
+
+    method = methods.get_method(name)
+    c.method = name
+    c.method_config = ml_collections.ConfigDict(dict(method.config_defaults))
+    if name in heads.PUBLISHED_HEADS:
+        c.heads.update(heads.head_config_fields(name))
 
 
 def set_dataset(c: ml_collections.ConfigDict, preset: str) -> None:

@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from ssljax import tree_paths
+
 FORMATS = ("torch", "flax")
 FILE_NAMES = {"torch": "backbone.safetensors", "flax": "backbone.msgpack"}
 
@@ -53,17 +55,6 @@ def _torch_module_name(flax_module: str) -> str:
     return ".".join(parts)
 
 
-def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, np.ndarray]:
-    out = {}
-    for k, v in tree.items():
-        path = f"{prefix}/{k}" if prefix else k
-        if isinstance(v, Mapping):
-            out.update(_flatten(v, path))
-        else:
-            out[path] = np.asarray(v)
-    return out
-
-
 def resnet_to_torchvision(
     params: Mapping[str, Any], batch_stats: Mapping[str, Any]
 ) -> dict[str, np.ndarray]:
@@ -86,7 +77,7 @@ def resnet_to_torchvision(
     out: dict[str, np.ndarray] = {}
     bn_modules: set[str] = set()
     stat_modules: dict[str, set[str]] = {}
-    for path, value in _flatten(params).items():
+    for path, value in tree_paths.flatten(params, sep="/", leaf=np.asarray).items():
         module, _, leaf = path.rpartition("/")
         name = _torch_module_name(module)
         if (
@@ -104,7 +95,7 @@ def resnet_to_torchvision(
                 "the torch export supports ssljax ResNet backbones only (use --format=flax for "
                 "others)."
             )
-    for path, value in _flatten(batch_stats).items():
+    for path, value in tree_paths.flatten(batch_stats, sep="/", leaf=np.asarray).items():
         module, _, leaf = path.rpartition("/")
         if leaf not in _BN_STATS:
             raise ValueError(f"Unexpected BatchNorm statistic {path!r}; expected 'mean' or 'var'.")
@@ -129,7 +120,10 @@ def check_finite(params: Mapping[str, Any], batch_stats: Mapping[str, Any]) -> N
     Raises:
       ValueError: naming the arrays.
     """
-    flat = {**_flatten(params, "params/"), **_flatten(batch_stats, "batch_stats/")}
+    flat = {
+        **tree_paths.flatten(params, sep="/", prefix="params/"),
+        **tree_paths.flatten(batch_stats, sep="/", prefix="batch_stats/"),
+    }
     bad = sorted(k for k, v in flat.items() if not np.isfinite(np.asarray(v)).all())
     if bad:
         raise ValueError(

@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from ssljax import config_schema, methods, models
+from ssljax import config_schema, methods, models, tree_paths
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # Every registered method has configs/<name>.py: a new method needs no edit here.
@@ -40,20 +40,6 @@ def test_every_preset_loads_and_validates(name):
         _load(name, "cifar100")
 
 
-def _flat(c) -> dict:
-    out = {}
-
-    def walk(d, prefix):
-        for k, v in d.items():
-            if hasattr(v, "items"):
-                walk(v, f"{prefix}{k}.")
-            else:
-                out[prefix + k] = v
-
-    walk(c.to_dict(), "")
-    return out
-
-
 # The fields apply_cpu_budget changes; every other field must be the cifar10 recipe's.
 BUDGET_FIELDS = {
     "model.backbone_kwargs.width",
@@ -75,7 +61,8 @@ BUDGET_FIELDS = {
 
 @pytest.mark.parametrize("name", CONFIGS)
 def test_cpu_budget_keeps_the_cifar10_recipe(name):
-    full, cpu = _flat(_load(name, "cifar10")), _flat(_load(name, "cifar10_cpu"))
+    full = tree_paths.flatten(_load(name, "cifar10"))
+    cpu = tree_paths.flatten(_load(name, "cifar10_cpu"))
     changed = {k for k in set(full) | set(cpu) if full.get(k) != cpu.get(k)}
     assert changed <= BUDGET_FIELDS, changed - BUDGET_FIELDS
     assert cpu["model.backbone_kwargs.width"] == config_schema.CPU_BUDGET_WIDTH
@@ -89,7 +76,8 @@ def test_cpu_budget_keeps_the_cifar10_recipe(name):
 
 
 def test_random_target_is_byol_at_the_cpu_budget_with_a_frozen_target():
-    cpu, frozen = _flat(_load("byol", "cifar10_cpu")), _flat(_load("byol", "random_target"))
+    cpu = tree_paths.flatten(_load("byol", "cifar10_cpu"))
+    frozen = tree_paths.flatten(_load("byol", "random_target"))
     changed = {k for k in cpu if cpu[k] != frozen[k]}
     assert changed == {"tau_base"}
     assert frozen["tau_base"] == 1.0 and cpu["tau_base"] == 0.99
@@ -319,7 +307,7 @@ CITED[("dino", "imagenet")] = {
 
 @pytest.mark.parametrize("name, preset", sorted(CITED))
 def test_preset_values_are_those_of_the_cited_source(name, preset):
-    got = _flat(_load(name, preset))
+    got = tree_paths.flatten(_load(name, preset))
     mismatched = {k: (got.get(k, "<missing>"), v) for k, v in CITED[name, preset].items()}
     mismatched = {k: gv for k, gv in mismatched.items() if gv[0] != gv[1]}
     assert not mismatched, mismatched
@@ -347,3 +335,55 @@ def test_heads_get_the_presets_init_scheme(name):
         assert projector.init_scheme == c.heads.init, preset
         if predictor is not None:
             assert predictor.init_scheme == c.heads.init, preset
+
+
+@pytest.mark.parametrize("name", MLP_HEAD_CONFIGS)
+def test_imagenet_heads_are_the_published_heads(name):
+    from ssljax import train
+
+    c = _load(name, "imagenet")
+    published = models.head_config_fields(name)
+    assert {k: c.heads[k] for k in published} == published
+    built = train.build_heads(c, methods.get_method(name), np.float32)
+    attributes = ("hidden_dims", "output_dim", "use_bias", "output_use_bias", "output_bn")
+    for role, module in zip(("projector", "predictor"), built, strict=True):
+        if module is None:
+            assert role not in models.PUBLISHED_HEADS[name]
+            continue
+        reference = models.create_head(name, role)
+        assert {a: getattr(module, a) for a in attributes} == {
+            a: getattr(reference, a) for a in attributes
+        }, role
+
+
+def test_method_settings_default_to_the_papers_values():
+    # VICReg eq. 6 (lambda = mu = 25, nu = 1); Barlow Twins sec. 4 (lambda = 5e-3); DINO
+    # sec. 3.1 / main_dino.py; BYOL and SimSiam have none.
+    assert {name: dict(m.config_defaults) for name, m in methods.METHODS.items()} == {
+        "byol": {},
+        "simsiam": {},
+        "vicreg": {"sim_coeff": 25.0, "std_coeff": 25.0, "cov_coeff": 1.0},
+        "barlow_twins": {"lambd": 5e-3, "scale_loss": 1.0},
+        "dino": {
+            "student_temp": 0.1,
+            "teacher_temp": 0.07,
+            "warmup_teacher_temp": 0.04,
+            "warmup_teacher_temp_epochs": 30,
+            "center_momentum": 0.9,
+        },
+    }
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_every_config_starts_from_its_methods_settings(name):
+    defaults = methods.get_method(name).config_defaults
+    for preset in _presets(name):
+        assert set(_load(name, preset).method_config) == set(defaults), preset
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_a_misspelt_method_config_field_is_refused_at_start_up(name):
+    c = _load(name, "digits")
+    c.method_config.not_a_field = 1.0
+    with pytest.raises(ValueError, match=r"config\.method_config: .*not_a_field.*valid"):
+        config_schema.validate(c, num_devices=1)

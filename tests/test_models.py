@@ -12,6 +12,7 @@ import scipy.special
 import scipy.stats
 from flax import traverse_util
 
+from ssljax import tree_paths
 from ssljax.models import BACKBONES, MLP, PUBLISHED_HEADS, ResNet, ViT, create_backbone, create_head
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -50,7 +51,7 @@ def run(module, variables, x, train: bool):
 
 
 def flat(tree) -> dict:
-    return {"/".join(k): np.asarray(v) for k, v in traverse_util.flatten_dict(tree).items()}
+    return tree_paths.flatten(tree, sep="/", leaf=np.asarray)
 
 
 # --------------------------------------------------------------------------------------------

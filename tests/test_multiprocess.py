@@ -28,6 +28,8 @@ import numpy as np
 import pytest
 from param_compare import assert_params_close
 
+from ssljax import tree_paths
+
 REPO = pathlib.Path(__file__).resolve().parent.parent
 STEPS = 3
 GLOBAL_BATCH = 16
@@ -64,14 +66,10 @@ def small_config():
 
 
 def _flat(tree, prefix: str) -> dict[str, np.ndarray]:
-    import jax
-
-    out = {}
-    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
-        key = prefix + "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
-        # Replicated over every process: this process's first shard is the whole array.
-        out[key] = np.asarray(leaf.addressable_data(0))
-    return out
+    # Replicated over every process: this process's first shard is the whole array.
+    return tree_paths.flatten(
+        tree, sep="/", prefix=prefix, leaf=lambda leaf: np.asarray(leaf.addressable_data(0))
+    )
 
 
 def run_worker(args: argparse.Namespace) -> None:

@@ -52,7 +52,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from ssljax import config_schema, train  # noqa: E402
+from ssljax import augment, config_schema, train, tree_paths  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "benchmarks"))
@@ -128,14 +128,6 @@ def fixed_batch():
         "image": rng.standard_normal((BATCH, 2, SIZE, SIZE, 3), dtype=np.float32),
         "label": rng.integers(0, 10, (BATCH,), dtype=np.int32),
     }
-
-
-def _flat(tree, prefix=""):
-    out = {}
-    for k, v in tree.items():
-        path = f"{prefix}/{k}" if prefix else k
-        out.update(_flat(v, path) if isinstance(v, dict) else {path: np.asarray(v)})
-    return out
 
 
 def run_ssljax(method: str, overrides: tuple = ()) -> dict:
@@ -303,7 +295,7 @@ def test_two_steps_match_ssljax(method, ssljax_runs):
     worst = max(errors, key=errors.get)
     assert errors[worst] < UPDATE_RTOL, f"{worst}: relative update error {errors[worst]:.2e}"
     expected = {torch_yardstick.flax_path(n) for n, _ in online.named_parameters()}
-    assert len(expected) == len(_flat(ref["history"][0]["params"]))
+    assert len(expected) == len(tree_paths.flatten(ref["history"][0]["params"]))
 
 
 # The recipe fields of issue 24 (branch `recipes`): solo-learn's LARS with clip_lr, per-group
@@ -512,7 +504,7 @@ def test_resized_crop_matches_ssljax(box):
     from ssljax import augment
 
     x = _image(3)
-    view = dict(config_schema.VIEW_DEFAULTS, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0))
+    view = dict(augment.VIEW_DEFAULTS, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0))
     for key in ("flip_prob", "jitter_prob", "grayscale_prob", "blur_prob", "solarize_prob"):
         view[key] = 0.0
     transform = torch_reference.ViewTransform(view, 32, (0.0,) * 3, (1.0,) * 3)
@@ -523,7 +515,7 @@ def test_resized_crop_matches_ssljax(box):
 
 
 def test_view_without_randomness_is_normalisation():
-    view = dict(config_schema.VIEW_DEFAULTS, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0))
+    view = dict(augment.VIEW_DEFAULTS, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0))
     for key in ("flip_prob", "jitter_prob", "grayscale_prob", "blur_prob", "solarize_prob"):
         view[key] = 0.0
     mean, std = (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)

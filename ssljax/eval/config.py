@@ -14,6 +14,8 @@ from typing import Any
 
 import ml_collections
 
+from ssljax import tree_paths
+
 EVAL_PRESETS = ("cifar", "imagenet_byol", "imagenet_simsiam")
 OPTIMIZERS = ("sgd", "lars")
 SCHEDULES = ("cosine", "cosine_per_epoch", "step")
@@ -174,7 +176,7 @@ def apply_overrides(
         value of the wrong type.
     """
     config = ml_collections.ConfigDict(config.to_dict())
-    flat = _flatten_keys(config)
+    flat = list(tree_paths.flatten(config))
     for item in overrides:
         key, sep, text = item.partition("=")
         key = key.strip()
@@ -197,17 +199,6 @@ def apply_overrides(
                 f"{value!r}."
             ) from err
     return config
-
-
-def _flatten_keys(config: Mapping[str, Any], prefix: str = "") -> list[str]:
-    """The dotted names of every leaf field: the fields an override may name."""
-    keys = []
-    for k, v in config.items():
-        if isinstance(v, (Mapping, ml_collections.ConfigDict)):
-            keys.extend(_flatten_keys(v, f"{prefix}{k}."))
-        else:
-            keys.append(f"{prefix}{k}")
-    return keys
 
 
 def validate_eval_config(c: ml_collections.ConfigDict) -> None:
@@ -288,20 +279,13 @@ def resolve_eval_config(
     return c
 
 
-def flatten_settings(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten_settings(d: Mapping[str, Any]) -> dict[str, Any]:
     """Nested settings as ``{'linear.epochs': 100, ...}``, lists made tuples (so hashable).
 
     Args:
       d: a nested mapping (``ConfigDict.to_dict()``).
-      prefix: prepended to every key.
 
     Returns:
       The flat mapping of dotted keys to leaf values.
     """
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, Mapping):
-            out.update(flatten_settings(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = tuple(v) if isinstance(v, list) else v
-    return out
+    return tree_paths.flatten(d, leaf=lambda v: tuple(v) if isinstance(v, list) else v)

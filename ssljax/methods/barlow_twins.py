@@ -14,6 +14,10 @@ import jax
 from ssljax import losses
 from ssljax.methods import base, target_policies
 
+# lambd: the off-diagonal weight at the paper's 5e-3 (ssljax.losses.barlow_twins_loss's
+# default); scale_loss: a constant factor on the loss, 1 as the official main.py.
+DEFAULTS = {**base.keyword_defaults(losses.barlow_twins_loss, ("lambd",)), "scale_loss": 1.0}
+
 
 def barlow_twins_method_loss(
     online: Sequence[base.ViewOutputs],
@@ -38,11 +42,11 @@ def barlow_twins_method_loss(
     del context
     if target is not None or len(online) != 2:
         raise ValueError("Barlow Twins takes two views and no target branch.")
-    cfg = dict(method_config or {})
+    cfg = base.resolve_method_config("barlow_twins", DEFAULTS, method_config)
     loss, terms = losses.barlow_twins_loss(
-        online[0]["projection"], online[1]["projection"], lambd=cfg.get("lambd", 5e-3)
+        online[0]["projection"], online[1]["projection"], lambd=cfg["lambd"]
     )
-    return loss * cfg.get("scale_loss", 1.0), dict(terms)
+    return loss * cfg["scale_loss"], dict(terms)
 
 
 BARLOW_TWINS = base.Method(
@@ -50,6 +54,5 @@ BARLOW_TWINS = base.Method(
     target_policy=target_policies.NoTarget.from_config,
     has_predictor=False,
     loss=barlow_twins_method_loss,
-    # Zbontar et al. 2021, sec. 4: projector of three 8192-wide linear layers.
-    default_heads={"projector": ((8192, 8192), 8192)},
+    config_defaults=DEFAULTS,
 )

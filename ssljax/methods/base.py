@@ -19,6 +19,7 @@ training loop's, and is the same for every method: the loop never asks which met
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -54,6 +55,41 @@ LossFn = Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
 PolicyFactory = Callable[..., target_policies.TargetPolicy]
 
 
+def keyword_defaults(fn: Callable[..., Any], names: Sequence[str]) -> dict[str, Any]:
+    """The default values of ``fn``'s keyword parameters ``names``, read from its signature.
+
+    A method whose settings are its loss's keyword arguments takes their defaults from the
+    loss function, so the paper's values are written once, where the equation is.
+    """
+    parameters = inspect.signature(fn).parameters
+    return {name: parameters[name].default for name in names}
+
+
+def resolve_method_config(
+    name: str, defaults: Mapping[str, Any], method_config: Any
+) -> dict[str, Any]:
+    """``defaults`` updated with a config's ``method_config``, refusing fields not in defaults.
+
+    Args:
+      name: the method's name, for the message.
+      defaults: the method's :attr:`Method.config_defaults`.
+      method_config: the config's ``method_config`` (a mapping or ``None``).
+
+    Returns:
+      Every field of ``defaults``, at the config's value where it sets one.
+
+    Raises:
+      ValueError: naming an unknown field and listing the valid ones (a typo in
+        ``--config.method_config.x`` would otherwise train at the default silently).
+    """
+    given = dict(method_config or {})
+    unknown = sorted(set(given) - set(defaults))
+    if unknown:
+        valid = sorted(defaults) or "none"
+        raise ValueError(f"{name}: unknown method_config field(s) {unknown}; valid: {valid}.")
+    return {**defaults, **given}
+
+
 def no_state(projection_dim: int, method_config: Any) -> MethodState:
     """The default ``init_state``: the method keeps no state of its own."""
     del projection_dim, method_config
@@ -82,7 +118,9 @@ class Method:
         holds one :data:`ViewOutputs` per view; ``target`` what the policy's ``outputs``
         returns (already under ``stop_gradient``; ``None`` for ``NoTarget``); ``context`` a
         :class:`LossContext`.
-      default_heads: the published head sizes, used by the configs' ``imagenet`` presets.
+      config_defaults: the method's ``method_config`` fields at the paper's values (the one
+        source of them: configs start from it, the loss fills what a config leaves out and
+        refuses fields not in it); empty for methods without settings.
       init_state: ``init_state(projection_dim, method_config) -> dict``: the method's own
         entries of ``method_state`` (DINO: the center); default none.
       update_state: ``update_state(state, target, method_config) -> state``, called once per
@@ -94,7 +132,7 @@ class Method:
     target_policy: PolicyFactory
     has_predictor: bool
     loss: LossFn
-    default_heads: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    config_defaults: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     init_state: Callable[[int, Any], MethodState] = no_state
     update_state: Callable[[MethodState, Any, Any], MethodState] = keep_state
 

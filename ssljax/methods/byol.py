@@ -48,6 +48,4 @@ BYOL = base.Method(
     target_policy=target_policies.EMA.from_config,
     has_predictor=True,
     loss=byol_method_loss,
-    # Grill et al. 2020, sec. 3.3: both MLPs 4096 hidden, 256 out, BN + ReLU in the hidden layer.
-    default_heads={"projector": ((4096,), 256), "predictor": ((4096,), 256)},
 )

@@ -42,13 +42,7 @@ DEFAULTS = {
 
 
 def _config(method_config: Any) -> dict[str, Any]:
-    cfg = {**DEFAULTS, **dict(method_config or {})}
-    unknown = sorted(set(cfg) - set(DEFAULTS))
-    if unknown:
-        raise ValueError(
-            f"DINO: unknown method_config field(s) {unknown}; valid: {sorted(DEFAULTS)}."
-        )
-    return cfg
+    return base.resolve_method_config("dino", DEFAULTS, method_config)
 
 
 def teacher_temperature(
@@ -144,9 +138,7 @@ DINO = base.Method(
     target_policy=target_policies.EMA.from_config,
     has_predictor=False,
     loss=dino_method_loss,
-    # Caron et al. 2021, App. "Projection head": 3 layers, hidden 2048, bottleneck 256,
-    # K = 65536 (ssljax.models.DINOHead).
-    default_heads={"projector": ((2048, 2048), 65536)},
+    config_defaults=DEFAULTS,
     init_state=dino_init_state,
     update_state=dino_update_state,
 )

@@ -47,7 +47,4 @@ SIMSIAM = base.Method(
     target_policy=target_policies.StopGradient.from_config,
     has_predictor=True,
     loss=simsiam_method_loss,
-    # Chen & He 2021, sec. 4 "Implementation details": projector 3 layers of 2048 with BN on
-    # each (the output BN without affine), predictor 2048-512-2048.
-    default_heads={"projector": ((2048, 2048), 2048), "predictor": ((512,), 2048)},
 )

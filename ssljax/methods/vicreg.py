@@ -14,6 +14,10 @@ import jax
 from ssljax import losses
 from ssljax.methods import base, target_policies
 
+# sim_coeff, std_coeff, cov_coeff: lambda, mu, nu of eq. 6 at the paper's 25, 25, 1, as
+# ssljax.losses.vicreg_loss's defaults.
+DEFAULTS = base.keyword_defaults(losses.vicreg_loss, ("sim_coeff", "std_coeff", "cov_coeff"))
+
 
 def vicreg_method_loss(
     online: Sequence[base.ViewOutputs],
@@ -35,14 +39,8 @@ def vicreg_method_loss(
     del context
     if target is not None or len(online) != 2:
         raise ValueError("VICReg takes two views and no target branch.")
-    cfg = dict(method_config or {})
-    loss, terms = losses.vicreg_loss(
-        online[0]["projection"],
-        online[1]["projection"],
-        sim_coeff=cfg.get("sim_coeff", 25.0),
-        std_coeff=cfg.get("std_coeff", 25.0),
-        cov_coeff=cfg.get("cov_coeff", 1.0),
-    )
+    cfg = base.resolve_method_config("vicreg", DEFAULTS, method_config)
+    loss, terms = losses.vicreg_loss(online[0]["projection"], online[1]["projection"], **cfg)
     return loss, dict(terms)
 
 
@@ -51,6 +49,5 @@ VICREG = base.Method(
     target_policy=target_policies.NoTarget.from_config,
     has_predictor=False,
     loss=vicreg_method_loss,
-    # Bardes et al. 2022, sec. 4.1: expander of three 8192-wide layers.
-    default_heads={"projector": ((8192, 8192), 8192)},
+    config_defaults=DEFAULTS,
 )

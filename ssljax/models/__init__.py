@@ -32,7 +32,14 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from ssljax.models.dtypes import DTYPES
-from ssljax.models.heads import MLP, PUBLISHED_HEADS, DINOHead, WeightNormDense, create_head
+from ssljax.models.heads import (
+    MLP,
+    PUBLISHED_HEADS,
+    DINOHead,
+    WeightNormDense,
+    create_head,
+    head_config_fields,
+)
 from ssljax.models.resnet import BasicBlock, Bottleneck, ResNet
 from ssljax.models.vit import VIT_SIZES, ViT
 
@@ -50,6 +57,7 @@ __all__ = [
     "backbone_from_config",
     "create_backbone",
     "create_head",
+    "head_config_fields",
 ]
 
 

@@ -42,6 +42,7 @@ last layer's scale matters; under SGD (SimSiam) the relative step size ||lr g|| 
 every layer depends on it (the weights are 1.7x larger with 'flax' than with 'torch').
 """
 
+import dataclasses
 import math
 import numbers
 from collections.abc import Sequence
@@ -342,6 +343,52 @@ PUBLISHED_HEADS: dict[str, dict[str, dict[str, Any]]] = {
         },
     },
 }
+
+
+# config.heads field suffix of each MLP attribute a config may set, per role.
+_HEAD_FIELDS = {
+    "projector": {
+        "hidden_dims": "hidden",
+        "output_dim": "dim",
+        "use_bias": "use_bias",
+        "output_use_bias": "output_use_bias",
+        "output_bn": "output_bn",
+        "output_bn_affine": "output_bn_affine",
+    },
+    "predictor": {
+        "hidden_dims": "hidden",
+        "output_dim": "dim",
+        "use_bias": "use_bias",
+        "output_use_bias": "output_use_bias",
+    },
+}
+
+
+def head_config_fields(method: str) -> dict[str, Any]:
+    """A method's published heads as ``config.heads`` fields (the configs' one source of them).
+
+    Every field of a role the method has is set: an attribute ``PUBLISHED_HEADS`` leaves out
+    takes the ``MLP`` default (e.g. no output BatchNorm), so a config that starts from another
+    method's heads cannot keep one of its settings by accident.
+
+    Args:
+      method: A key of ``PUBLISHED_HEADS``.
+
+    Returns:
+      ``{'projector_hidden': (4096,), 'projector_dim': 256, ...}``; ``*_hidden`` as tuples.
+
+    Raises:
+      ValueError: On an unknown method.
+    """
+    if method not in PUBLISHED_HEADS:
+        raise ValueError(f"Unknown `method` {method!r}; known: {sorted(PUBLISHED_HEADS)}.")
+    defaults = {f.name: f.default for f in dataclasses.fields(MLP)}
+    fields: dict[str, Any] = {}
+    for role, published in PUBLISHED_HEADS[method].items():
+        for attribute, suffix in _HEAD_FIELDS[role].items():
+            value = published.get(attribute, defaults[attribute])
+            fields[f"{role}_{suffix}"] = tuple(value) if attribute == "hidden_dims" else value
+    return fields
 
 
 def create_head(method: str, role: str, *, dtype: Any = jnp.float32, **overrides: Any) -> MLP:
