@@ -336,6 +336,10 @@ def flax_path(torch_name: str) -> str:
     return "/".join([*out, _LEAVES[kind][leaf]])
 
 
+# The methods whose loss torch_loss writes (DINO's multi-crop self-distillation is not here).
+TORCH_LOSS_METHODS = ("byol", "simsiam", "vicreg", "barlow_twins")
+
+
 def torch_loss(method: str, config, online_out, target_out):
     """The method's loss from per-view outputs, as the official PyTorch codes compute it."""
     import torch
@@ -377,7 +381,7 @@ def torch_loss(method: str, config, online_out, target_out):
         # solo-learn's scale_loss (ssljax's method_config.scale_loss; 1 when absent).
         scale = config.method_config.get("scale_loss", 1.0)
         return scale * (on_diag + config.method_config.lambd * off_diag)
-    raise ValueError(f"unknown method {method!r}")
+    raise ValueError(f"no PyTorch loss for method {method!r}; written: {TORCH_LOSS_METHODS}")
 
 
 def warmup_cosine(step: int, peak: float, warmup: int, total: int, final: float = 0.0) -> float:

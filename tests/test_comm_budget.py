@@ -3,26 +3,21 @@
 Pure data parallelism must all-reduce the gradients and the (global) BatchNorm statistics and
 nothing that grows with the batch: compiled for 64 simulated devices at two batch sizes, the
 step's collective bytes must not change, except for the documented feature gather of the RankMe
-metric. The HLO parser of ``benchmarks/comm_budget.py`` is checked on hand-written HLO and on
+metric. The HLO parser, ``ssljax.hlo_collectives``, is checked on hand-written HLO and on
 programs whose collectives are known.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
-import pathlib
-import sys
 
+import comm_budget as cb  # benchmarks/ is on pytest's pythonpath (pyproject.toml)
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "benchmarks"))
-import comm_budget as cb  # noqa: E402
-
-from ssljax import sharding  # noqa: E402
+from ssljax import hlo_collectives, sharding
 
 P = jax.sharding.PartitionSpec
 
@@ -59,7 +54,7 @@ source_target_pairs={{0,1},{1,0}}
 
 
 def test_parse_collectives_on_handwritten_hlo():
-    got = cb.parse_collectives(SYNTHETIC_HLO, num_devices=8)
+    got = hlo_collectives.parse_collectives(SYNTHETIC_HLO, num_devices=8)
     assert [c.kind for c in got] == [
         "all-reduce",
         "all-gather",
@@ -80,7 +75,7 @@ def test_parse_collectives_on_handwritten_hlo():
     assert (cp.operand_bytes, cp.group_size) == (512, 2)
     # Ring algorithms: 2 (g-1)/g S, (g-1) S, (g-1)/g S, and S for a permute.
     assert [c.sent_bytes for c in got] == [816.0, 7168.0, 448.0, 512.0, 1536.0, 512.0]
-    summary = cb.summarize(got)
+    summary = hlo_collectives.summarize(got)
     assert summary["all-reduce"] == {"count": 2, "operand_bytes": 1056, "sent_bytes": 1328.0}
     assert summary["all-to-all"]["count"] == 0
 
@@ -95,7 +90,7 @@ def test_parse_collectives_of_compiled_programs():
 
     # Data parallelism: the gradient of replicated weights is one all-reduce of their size.
     grad = jax.jit(jax.grad(lambda w, x: jnp.sum(jnp.tanh(x @ w))), out_shardings=repl)
-    got = cb.parse_collectives(grad.lower(w, x).compile().as_text(), 8)
+    got = hlo_collectives.parse_collectives(grad.lower(w, x).compile().as_text(), 8)
     assert [(c.kind, c.operand_bytes, c.group_size) for c in got] == [
         ("all-reduce", 64 * 32 * 4, 8)
     ]
@@ -112,7 +107,7 @@ def test_parse_collectives_of_compiled_programs():
     grad_fsdp = jax.jit(
         jax.grad(lambda w, x: jnp.sum(jnp.tanh(x @ w))), out_shardings=w_fsdp.sharding
     )
-    got = cb.parse_collectives(grad_fsdp.lower(w_fsdp, x_fsdp).compile().as_text(), 8)
+    got = hlo_collectives.parse_collectives(grad_fsdp.lower(w_fsdp, x_fsdp).compile().as_text(), 8)
     gathers = [
         (c.operand_bytes, c.result_bytes, c.group_size) for c in got if c.kind == "all-gather"
     ]
@@ -120,7 +115,7 @@ def test_parse_collectives_of_compiled_programs():
 
     # Replicating a batch-sharded array gathers it: each device sends its 16 rows.
     gather = jax.jit(lambda x: 2.0 * x, out_shardings=repl)
-    got = cb.parse_collectives(gather.lower(x).compile().as_text(), 8)
+    got = hlo_collectives.parse_collectives(gather.lower(x).compile().as_text(), 8)
     assert [(c.kind, c.operand_bytes, c.result_bytes) for c in got] == [
         ("all-gather", 16 * 64 * 4, 128 * 64 * 4)
     ]

@@ -11,8 +11,8 @@ from ssljax import config_schema, methods, models, tree_paths
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # Every registered method has configs/<name>.py: a new method needs no edit here.
 CONFIGS = tuple(sorted(methods.METHODS))
-# Methods whose projector is ssljax.models.MLP (DINO's is a DINOHead, with its own init).
-MLP_HEAD_CONFIGS = ("byol", "simsiam", "vicreg", "barlow_twins")
+# Methods with published MLP heads (DINO's projector is a DINOHead, with its own init).
+MLP_HEAD_CONFIGS = tuple(m for m in CONFIGS if m in models.PUBLISHED_HEADS)
 
 
 def _load(name: str, preset: str):

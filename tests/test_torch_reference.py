@@ -43,7 +43,6 @@ import dataclasses
 import functools
 import math
 import pathlib
-import sys
 import types
 
 import jax
@@ -52,10 +51,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from ssljax import augment, config_schema, train, tree_paths  # noqa: E402
+from ssljax import augment, config_schema, methods, train, tree_paths  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "benchmarks"))
+# benchmarks/ is on pytest's pythonpath (pyproject.toml).
 import torch_reference  # noqa: E402
 import torch_yardstick  # noqa: E402
 
@@ -65,12 +64,8 @@ STEPS = 2
 LOSS_RTOL = 1e-5
 UPDATE_RTOL = 1e-2
 NOISE_FLOOR = 1e-5
-CONFIG_FILES = {
-    "byol": "byol.py",
-    "simsiam": "simsiam.py",
-    "vicreg": "vicreg.py",
-    "barlow_twins": "barlow_twins.py",
-}
+# Every registered method the reference has a loss for (configs/<name>.py each).
+METHODS = tuple(m for m in sorted(methods.METHODS) if m in torch_yardstick.TORCH_LOSS_METHODS)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -86,7 +81,7 @@ def small_config(method: str, overrides: tuple = ()):
 
     ``overrides``: ``(dotted key, value)`` pairs applied last.
     """
-    c = config_schema.load_config(f"{REPO / 'configs' / CONFIG_FILES[method]}:cifar10_cpu")
+    c = config_schema.load_config(f"{REPO / 'configs' / method}.py:cifar10_cpu")
     c.model.backbone = "resnet_tiny"  # one block per stage, width 0.25 (16 base channels)
     c.global_batch = BATCH
     c.num_steps = 4
@@ -284,7 +279,7 @@ def update_errors(ref: dict, online, target) -> dict[str, float]:
 
 
 @pytest.mark.slow  # ~20 s per method on an idle 2-core CPU, mostly XLA's compilation
-@pytest.mark.parametrize("method", ["byol", "simsiam", "vicreg", "barlow_twins"])
+@pytest.mark.parametrize("method", METHODS)
 def test_two_steps_match_ssljax(method, ssljax_runs):
     ref = ssljax_runs(method)
     online, target, losses = run_torch(ref)
@@ -298,9 +293,8 @@ def test_two_steps_match_ssljax(method, ssljax_runs):
     assert len(expected) == len(tree_paths.flatten(ref["history"][0]["params"]))
 
 
-# The recipe fields of issue 24 (branch `recipes`): solo-learn's LARS with clip_lr, per-group
-# rate multipliers (with SimSiam's fixed predictor rate too), head initialisations, Barlow
-# Twins' loss scale. Skipped where ssljax does not have them yet.
+# The recipe fields: solo-learn's LARS with clip_lr, per-group rate multipliers (with SimSiam's
+# fixed predictor rate too), head initialisations, Barlow Twins' loss scale.
 RECIPE_CASES = [
     (
         "byol",
@@ -323,10 +317,6 @@ RECIPE_CASES = [
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    "lars_form" not in config_schema.base_config().optimizer,
-    reason="ssljax has no recipe fields yet (branch recipes)",
-)
 @pytest.mark.parametrize("method, overrides", RECIPE_CASES)
 def test_recipe_fields_match_ssljax(method, overrides, ssljax_runs):
     ref = ssljax_runs(method, overrides)
