@@ -11,7 +11,7 @@ import math
 
 import ml_collections
 
-from ssljax import augment, matmul_precision, tree_paths
+from ssljax import augment, matmul_precision, optim, tree_paths
 from ssljax.models import heads
 
 
@@ -196,12 +196,16 @@ def validate(
         _fail("num_epochs", "set num_epochs > 0 or num_steps > 0.")
     if config.warmup_epochs < 0:
         _fail("warmup_epochs", f"must be >= 0, got {config.warmup_epochs}.")
-    if config.optimizer.base_lr < 0:
-        _fail("optimizer.base_lr", f"must be >= 0, got {config.optimizer.base_lr}.")
-    if config.optimizer.weight_decay < 0:
-        _fail("optimizer.weight_decay", f"must be >= 0, got {config.optimizer.weight_decay}.")
-    if not 0.0 <= config.tau_base <= 1.0:
-        _fail("tau_base", f"must lie in [0, 1], got {config.tau_base}.")
+    # The optimizer's and the EMA's own checks (ssljax.optim owns their values), run here so
+    # that a bad value fails at start-up, before data is read or anything is compiled.
+    try:
+        optim.resolve_optimizer_config(config.optimizer)
+    except ValueError as err:
+        _fail("optimizer", str(err))
+    try:
+        optim.check_tau_base(config.tau_base)
+    except ValueError as err:
+        raise ValueError(f"config.{err}") from None  # "config.tau_base must be in [0, 1]..."
     if config.model.dtype not in ("float32", "bfloat16", "float16"):
         _fail("model.dtype", f"must be float32, bfloat16 or float16, got {config.model.dtype!r}.")
     if config.model.matmul_precision not in matmul_precision.MATMUL_PRECISIONS:

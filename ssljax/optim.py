@@ -27,6 +27,8 @@ import jax.numpy as jnp
 import optax
 
 __all__ = [
+    "check_tau_base",
+    "resolve_optimizer_config",
     "DEFAULT_EXCLUDE_FROM_WEIGHT_DECAY",
     "OPTIMIZERS",
     "adamw",
@@ -125,6 +127,18 @@ def warmup_cosine_lr(
     return schedule
 
 
+def check_tau_base(tau_base: Any) -> None:
+    """Refuses a target EMA rate outside [0, 1] (the one check of ``config.tau_base``).
+
+    Raises:
+        ValueError: naming ``tau_base`` and the value.
+    """
+    if isinstance(tau_base, bool) or not isinstance(tau_base, numbers.Real):
+        raise ValueError(f"tau_base must be a number in [0, 1], got {tau_base!r}.")
+    if not 0.0 <= float(tau_base) <= 1.0:
+        raise ValueError(f"tau_base must be in [0, 1], got {tau_base}.")
+
+
 def byol_tau_schedule(tau_base: float, total_steps: int) -> optax.Schedule:
     r"""BYOL's target decay rate, increased from ``tau_base`` to 1 by a cosine.
 
@@ -146,8 +160,7 @@ def byol_tau_schedule(tau_base: float, total_steps: int) -> optax.Schedule:
     Raises:
         ValueError: If ``tau_base`` is outside [0, 1] or ``total_steps`` < 1.
     """
-    if not 0.0 <= float(tau_base) <= 1.0:
-        raise ValueError(f"tau_base must be in [0, 1], got {tau_base}.")
+    check_tau_base(tau_base)
     if int(total_steps) < 1:
         raise ValueError(f"total_steps must be >= 1, got {total_steps}.")
     tau_base, total = float(tau_base), int(total_steps)
@@ -733,6 +746,67 @@ def _config_to_dict(opt_config: Any) -> dict[str, Any]:
     raise ValueError(f"opt_config must be a ConfigDict or a dict, got {type(opt_config).__name__}.")
 
 
+def resolve_optimizer_config(opt_config: Any) -> dict[str, Any]:
+    """An optimizer config with its defaults filled in, every field checked.
+
+    The one validation of the optimizer's settings: :func:`build_optimizer` calls it, and so
+    does ``ssljax.config_schema.validate`` at start-up, before any data is read or anything
+    compiled. The fields are those :func:`build_optimizer` describes.
+
+    Args:
+        opt_config: A ``ConfigDict`` or mapping of optimizer fields.
+
+    Returns:
+        A plain dict of every field, defaults included.
+
+    Raises:
+        ValueError: For an unknown optimizer name or field, a missing or out-of-range value or
+            an inconsistent combination, naming the field.
+    """
+    cfg = _config_to_dict(opt_config)
+    missing = [k for k in _REQUIRED if cfg.get(k) is None]
+    if missing:
+        raise ValueError(f"optimizer config is missing required field(s) {missing}.")
+    unknown = sorted(set(cfg) - set(_REQUIRED) - set(_DEFAULTS))
+    if unknown:
+        raise ValueError(
+            f"optimizer config has unknown field(s) {unknown}; valid fields are "
+            f"{sorted(set(_REQUIRED) | set(_DEFAULTS))}."
+        )
+    cfg = {**_DEFAULTS, **{k: v for k, v in cfg.items() if v is not None}}
+    name = cfg["name"]
+    if name not in OPTIMIZERS:
+        raise ValueError(f"Unknown optimizer name {name!r}; valid names are {sorted(OPTIMIZERS)}.")
+
+    _check_nonnegative("base_lr", cfg["base_lr"])
+    _check_nonnegative("weight_decay", cfg["weight_decay"])
+    _check_nonnegative("final_lr", cfg["final_lr"])
+    if name in ("lars", "sgd"):
+        _check_unit_interval("momentum", cfg["momentum"])
+    if name == "lars" and not (isinstance(cfg["eta"], numbers.Real) and cfg["eta"] > 0):
+        raise ValueError(f"eta must be a number > 0, got {cfg['eta']!r}.")
+    if cfg["lars_form"] not in LARS_FORMS:
+        raise ValueError(f"lars_form must be one of {LARS_FORMS}, got {cfg['lars_form']!r}.")
+    if cfg["clip_lr"] and not (name == "lars" and cfg["lars_form"] == "solo_learn"):
+        raise ValueError(
+            "clip_lr is solo-learn's LARS option: set name='lars' and lars_form='solo_learn', "
+            f"or clip_lr=False (got name={name!r}, lars_form={cfg['lars_form']!r})."
+        )
+    _as_multipliers(cfg["lr_multipliers"])  # checks the pairs
+    if cfg["final_weight_decay"] is not None:
+        if name != "adamw":
+            raise ValueError(
+                f"final_weight_decay (a weight-decay schedule) needs name='adamw', got {name!r}."
+            )
+        _check_nonnegative("final_weight_decay", cfg["final_weight_decay"])
+    _check_nonnegative("clip_grad_per_param", cfg["clip_grad_per_param"])
+    if name == "adamw":
+        _check_unit_interval("b1", cfg["b1"])
+        _check_unit_interval("b2", cfg["b2"])
+        _check_nonnegative("eps", cfg["eps"])
+    return cfg
+
+
 def build_optimizer(
     opt_config: Any,
     params: Any,
@@ -797,49 +871,11 @@ def build_optimizer(
         ValueError: For an unknown optimizer name or config field, a missing or out-of-range
             value (the message names the field), or a pattern matching no parameter.
     """
-    cfg = _config_to_dict(opt_config)
-    missing = [k for k in _REQUIRED if cfg.get(k) is None]
-    if missing:
-        raise ValueError(f"optimizer config is missing required field(s) {missing}.")
-    unknown = sorted(set(cfg) - set(_REQUIRED) - set(_DEFAULTS))
-    if unknown:
-        raise ValueError(
-            f"optimizer config has unknown field(s) {unknown}; valid fields are "
-            f"{sorted(set(_REQUIRED) | set(_DEFAULTS))}."
-        )
-    cfg = {**_DEFAULTS, **{k: v for k, v in cfg.items() if v is not None}}
-    name = cfg["name"]
-    if name not in OPTIMIZERS:
-        raise ValueError(f"Unknown optimizer name {name!r}; valid names are {sorted(OPTIMIZERS)}.")
-
-    base_lr, weight_decay = cfg["base_lr"], cfg["weight_decay"]
-    _check_nonnegative("base_lr", base_lr)
-    _check_nonnegative("weight_decay", weight_decay)
-    _check_nonnegative("final_lr", cfg["final_lr"])
-    if name in ("lars", "sgd"):
-        _check_unit_interval("momentum", cfg["momentum"])
-    if name == "lars" and not (isinstance(cfg["eta"], numbers.Real) and cfg["eta"] > 0):
-        raise ValueError(f"eta must be a number > 0, got {cfg['eta']!r}.")
-    if cfg["lars_form"] not in LARS_FORMS:
-        raise ValueError(f"lars_form must be one of {LARS_FORMS}, got {cfg['lars_form']!r}.")
-    if cfg["clip_lr"] and not (name == "lars" and cfg["lars_form"] == "solo_learn"):
-        raise ValueError(
-            "clip_lr is solo-learn's LARS option: set name='lars' and lars_form='solo_learn', "
-            f"or clip_lr=False (got name={name!r}, lars_form={cfg['lars_form']!r})."
-        )
+    cfg = resolve_optimizer_config(opt_config)
+    name, base_lr, weight_decay = cfg["name"], cfg["base_lr"], cfg["weight_decay"]
     multipliers = _as_multipliers(cfg["lr_multipliers"])
     if cfg["final_weight_decay"] is not None:
-        if name != "adamw":
-            raise ValueError(
-                f"final_weight_decay (a weight-decay schedule) needs name='adamw', got {name!r}."
-            )
-        _check_nonnegative("final_weight_decay", cfg["final_weight_decay"])
         weight_decay = cosine_schedule(weight_decay, cfg["final_weight_decay"], total_steps)
-    _check_nonnegative("clip_grad_per_param", cfg["clip_grad_per_param"])
-    if name == "adamw":
-        _check_unit_interval("b1", cfg["b1"])
-        _check_unit_interval("b2", cfg["b2"])
-        _check_nonnegative("eps", cfg["eps"])
 
     lr_schedule = warmup_cosine_lr(
         base_lr,

@@ -245,7 +245,7 @@ def test_invalid_config_fails_before_compilation():
     with pytest.raises(ValueError, match="config.tau_base"):
         config_schema.validate(c, num_devices=1)
     c = small_config("byol", **{"optimizer.base_lr": -0.1})
-    with pytest.raises(ValueError, match="config.optimizer.base_lr"):
+    with pytest.raises(ValueError, match="config.optimizer: base_lr must be a number >= 0"):
         config_schema.validate(c, num_devices=1)
     c = small_config("byol")
     c.method = "mocov9"
