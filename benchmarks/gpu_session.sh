@@ -158,7 +158,7 @@ if has step; then
   timeout "$(budget "${STEP_TIMEOUT:-150}")" $PY benchmarks/step.py --methods byol --models $step_model \
     --batch $step_batch --dtypes float32,bfloat16 --devices 1 --steps $steps --warmup 3 --out "$OUT/step.json" \
     >>"$LOG" 2>&1 || say "step phase ended with status $?"
-  grep -E "^byol" "$LOG" | tail -2
+  grep -E "^ *byol" "$LOG" | tail -2
 fi
 
 # --- yardstick: ssljax's step against PyTorch eager and torch.compile, side by side. ---------------
