@@ -8,7 +8,8 @@
 
 Rows:
 
-* ``byol``, ``simsiam``, ``vicreg``, ``barlow_twins``: ``python -m ssljax.main
+* ``byol``, ``simsiam``, ``vicreg``, ``barlow_twins``, ``dino`` (every registered method):
+  ``python -m ssljax.main
   --config=configs/<method>.py:cifar10_cpu`` (ResNet-18, CIFAR stem, width 0.25; the method's
   CIFAR-10 recipe for ``config_schema.CPU_BUDGET_EPOCHS`` epochs), then ``python -m
   ssljax.evaluate`` with the ``knn`` and ``linear`` protocols on the 10,000 test images.
@@ -59,9 +60,11 @@ import _timing
 import numpy as np
 
 from ssljax import strict_json
+from ssljax.methods import METHODS
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-METHOD_ROWS = ("byol", "simsiam", "vicreg", "barlow_twins", "random_target")
+# One row per registered method (its configs/<method>.py:cifar10_cpu), and BYOL's bootstrap one.
+METHOD_ROWS = (*METHODS, "random_target")
 ROWS = (*METHOD_ROWS, "init", "pixels")
 CLASSES = (
     "airplane automobile bird cat deer dog frog horse ship truck".split()
@@ -202,7 +205,7 @@ def summarize_run(row: str, workdir: pathlib.Path) -> dict:
         "optimizer": config["optimizer"]["name"],
         "base_lr": config["optimizer"]["base_lr"],
         "weight_decay": config["optimizer"]["weight_decay"],
-        **({"tau_base": config["tau_base"]} if config["method"] == "byol" else {}),
+        **({"tau_base": config["tau_base"]} if config["method"] in ("byol", "dino") else {}),
         "steps": summary["step"],
         "wall_time_min": round(summary.get("wall_time_s", 0.0) / 60, 1),
         "images_per_s": round(summary.get("images_per_sec_overall", 0.0), 1),

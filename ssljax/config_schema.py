@@ -361,8 +361,9 @@ def apply_cpu_budget(c: ml_collections.ConfigDict) -> None:
     Keeps the method's CIFAR-10 recipe (heads, learning rate, augmentations) and changes the
     backbone's width and the length of the schedule: warm-up is a tenth of the run (the recipes'
     10 of 1000 epochs would leave no warm-up at all), DINO's teacher-temperature warm-up keeps
-    its share of the run (at least an epoch), the kNN monitor runs at initialisation and
-    at the end (each pass embeds 60,000 images), checkpoints every 200 steps.
+    its share of the run (at least an epoch), so do frozen parameters (DINO's last layer), the
+    kNN monitor runs at initialisation and at the end (each pass embeds 60,000 images),
+    checkpoints every 200 steps.
 
     One deviation of the recipe itself, for this budget only: where the recipe uses solo-learn's
     LARS (eta 0.02 with ``clip_lr``), the short run uses BYOL's LARS (eta 1e-3, no clipping;
@@ -377,6 +378,13 @@ def apply_cpu_budget(c: ml_collections.ConfigDict) -> None:
         # the schedule is per epoch).
         share = c.method_config.warmup_teacher_temp_epochs / c.num_epochs
         c.method_config.warmup_teacher_temp_epochs = max(1, round(share * CPU_BUDGET_EPOCHS))
+    # Frozen parameters (DINO's last layer, 1 of the recipe's 200 epochs) keep their share of
+    # the run too: one whole epoch would freeze a quarter of the budget.
+    if c.optimizer.get("freeze"):
+        c.optimizer.freeze = tuple(
+            (pattern, epochs * CPU_BUDGET_EPOCHS / c.num_epochs)
+            for pattern, epochs in c.optimizer.freeze
+        )
     c.model.backbone_kwargs.width = CPU_BUDGET_WIDTH
     c.num_epochs = CPU_BUDGET_EPOCHS
     c.warmup_epochs = CPU_BUDGET_EPOCHS / 10

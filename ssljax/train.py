@@ -233,6 +233,13 @@ def build_components(
 
 def _init_variables(net: SiameseNetwork, rng: jax.Array, image_size: int, dataset_info: Any):
     channels = (dataset_info.image_shape or (image_size, image_size, 3))[-1]
+    return _init_compiled(net, rng, image_size, channels)
+
+
+# Compiled as one program: run eagerly, every initialiser of every layer is dispatched (and
+# compiled) on its own, several times slower (ResNet-tiny on a 2-core CPU: 6.5 s against 2.8 s).
+@functools.partial(jax.jit, static_argnums=(0, 2, 3))
+def _init_compiled(net: SiameseNetwork, rng: jax.Array, image_size: int, channels: int):
     # Two examples so that BatchNorm's batch statistics are defined at initialisation.
     dummy = jnp.zeros((2, image_size, image_size, channels), jnp.float32)
     return net.init(rng, dummy, train=True)

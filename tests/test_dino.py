@@ -358,57 +358,53 @@ def _fake_info():
 
 
 def test_dino_step_updates_teacher_center_and_freezes_the_last_layer():
-    jax.config.update("jax_disable_most_optimizations", True)
-    try:
-        config = _small_dino()
-        # 32 examples / 16 = 2 steps per epoch: the last layer is frozen for steps 0 and 1.
-        comps = train.build_components(config, _fake_info(), num_train_examples=32)
-        assert isinstance(comps.target_policy, methods.EMA)
-        assert comps.target_policy.num_views == 2
-        state = train.init_state(comps, config, jax.random.PRNGKey(0))
-        assert set(state.method_state) == {"target_params", "target_batch_stats", "center"}
-        np.testing.assert_array_equal(state.method_state["center"], np.zeros(64))
-        step = jax.jit(train.make_train_step(comps, config))
-        rng = np.random.default_rng(0)
-        batch = {
-            "image": jnp.asarray(rng.integers(0, 256, (16, 16, 16, 3), np.uint8)),
-            "label": jnp.asarray(rng.integers(0, 10, 16), jnp.int32),
-        }
-        views = comps.augment_fn(jax.random.fold_in(state.rng, 0), batch["image"])
-        assert [v.shape[1] for v in views] == [16, 16, 8, 8]
-        # The teacher's outputs of this step, from the state before it.
-        teacher = [
-            comps.target_policy.net.apply(
-                {
-                    "params": state.method_state["target_params"],
-                    "batch_stats": state.method_state["target_batch_stats"],
-                },
-                v,
-                train=True,
-                mutable=["batch_stats"],
-            )[0]["projection"]
-            for v in views[:2]
-        ]
-        last0 = np.asarray(state.params["projector"]["last_layer"]["kernel"])
-        s1, m1 = step(state, batch)
-        np.testing.assert_allclose(
-            np.asarray(s1.method_state["center"]),
-            np_center(np.zeros(64), [np.float64(t) for t in teacher], 0.9),
-            rtol=1e-4,
-            atol=1e-6,
-        )
-        assert float(m1["tau"]) == pytest.approx(config.tau_base)
-        s2, _ = step(s1, batch)
-        np.testing.assert_array_equal(s2.params["projector"]["last_layer"]["kernel"], last0)
-        assert not np.array_equal(
-            s2.params["projector"]["dense_0"]["kernel"],
-            state.params["projector"]["dense_0"]["kernel"],
-        )
-        s3, m3 = step(s2, batch)
-        assert not np.array_equal(s3.params["projector"]["last_layer"]["kernel"], last0)
-        assert np.isfinite(float(m3["loss"]))
-    finally:
-        jax.config.update("jax_disable_most_optimizations", False)
+    config = _small_dino()
+    # 32 examples / 16 = 2 steps per epoch: the last layer is frozen for steps 0 and 1.
+    comps = train.build_components(config, _fake_info(), num_train_examples=32)
+    assert isinstance(comps.target_policy, methods.EMA)
+    assert comps.target_policy.num_views == 2
+    state = train.init_state(comps, config, jax.random.PRNGKey(0))
+    assert set(state.method_state) == {"target_params", "target_batch_stats", "center"}
+    np.testing.assert_array_equal(state.method_state["center"], np.zeros(64))
+    step = jax.jit(train.make_train_step(comps, config))
+    rng = np.random.default_rng(0)
+    batch = {
+        "image": jnp.asarray(rng.integers(0, 256, (16, 16, 16, 3), np.uint8)),
+        "label": jnp.asarray(rng.integers(0, 10, 16), jnp.int32),
+    }
+    views = comps.augment_fn(jax.random.fold_in(state.rng, 0), batch["image"])
+    assert [v.shape[1] for v in views] == [16, 16, 8, 8]
+    # The teacher's outputs of this step, from the state before it.
+    teacher = [
+        comps.target_policy.net.apply(
+            {
+                "params": state.method_state["target_params"],
+                "batch_stats": state.method_state["target_batch_stats"],
+            },
+            v,
+            train=True,
+            mutable=["batch_stats"],
+        )[0]["projection"]
+        for v in views[:2]
+    ]
+    last0 = np.asarray(state.params["projector"]["last_layer"]["kernel"])
+    s1, m1 = step(state, batch)
+    np.testing.assert_allclose(
+        np.asarray(s1.method_state["center"]),
+        np_center(np.zeros(64), [np.float64(t) for t in teacher], 0.9),
+        rtol=1e-4,
+        atol=1e-6,
+    )
+    assert float(m1["tau"]) == pytest.approx(config.tau_base)
+    s2, _ = step(s1, batch)
+    np.testing.assert_array_equal(s2.params["projector"]["last_layer"]["kernel"], last0)
+    assert not np.array_equal(
+        s2.params["projector"]["dense_0"]["kernel"],
+        state.params["projector"]["dense_0"]["kernel"],
+    )
+    s3, m3 = step(s2, batch)
+    assert not np.array_equal(s3.params["projector"]["last_layer"]["kernel"], last0)
+    assert np.isfinite(float(m3["loss"]))
 
 
 # ----------------------------------------------------------------------------------------------

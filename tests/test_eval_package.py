@@ -137,8 +137,7 @@ def test_damaged_newest_checkpoint_training_renames_evaluation_skips(tmp_path):
 
     from ssljax import evaluate
 
-    with test_evaluate.fast_compiles():
-        state = test_evaluate.make_workdir(tmp_path, test_evaluate.digits_config())
+    state = test_evaluate.make_workdir(tmp_path, test_evaluate.digits_config())
     ckpt_dir = tmp_path / "checkpoints"
     newer = state.replace(step=state.step + 4)  # step 8, same arrays
     ckpt = checkpointing.Checkpointer(str(ckpt_dir), async_save=False)

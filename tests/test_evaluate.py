@@ -3,7 +3,6 @@ linear probe on data with a known answer, the presets, the CLI path on a run's w
 errors on bad input.
 """
 
-import contextlib
 import functools
 import json
 import math
@@ -12,6 +11,7 @@ import pathlib
 import subprocess
 import sys
 
+import _timing
 import jax
 import numpy as np
 import pytest
@@ -20,20 +20,6 @@ from tensorboard.backend.event_processing import event_file_loader
 from ssljax import checkpointing, config_schema, data, evaluate, export, train
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
-
-
-@contextlib.contextmanager
-def fast_compiles():
-    """XLA with most optimisations off: for code whose compile time dominates its run time.
-
-    Not for the evaluation itself: unoptimised convolutions and augmentations run several times
-    slower than they compile.
-    """
-    jax.config.update("jax_disable_most_optimizations", True)
-    try:
-        yield
-    finally:
-        jax.config.update("jax_disable_most_optimizations", False)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -98,8 +84,7 @@ def test_classifier_follows_the_papers_update_rules(preset, overrides):
     y = rng.integers(0, 3, 50)
     lin = evaluate.linear_eval_config(preset)
     lin.update(dict(epochs=3, batch_size=16, init="zeros", **overrides))
-    with fast_compiles():
-        got = evaluate.train_linear_classifier(x, y, num_classes=3, config=lin)
+    got = evaluate.train_linear_classifier(x, y, num_classes=3, config=lin)
     want = np_linear_classifier(x, y, 3, lin)
     # The classifier must have moved, and exactly as the reference.
     assert np.abs(want["w"]).max() > 1e-3
@@ -127,10 +112,9 @@ def separable(n, rng, num_classes=4, d=16):
 def test_linear_probe_separates_a_linearly_separable_set(preset, overrides):
     rng = np.random.default_rng(1)
     train_set, test_set = separable(400, rng), separable(400, rng)
-    with fast_compiles():
-        clf = evaluate.train_linear_classifier(
-            *train_set, num_classes=4, config=evaluate.linear_eval_config(preset), **overrides
-        )
+    clf = evaluate.train_linear_classifier(
+        *train_set, num_classes=4, config=evaluate.linear_eval_config(preset), **overrides
+    )
     assert evaluate.classifier_accuracy(clf, *test_set)["top1"] == 1.0
 
 
@@ -138,8 +122,7 @@ def test_linear_probe_on_random_labels_stays_at_chance_on_held_out_data():
     rng = np.random.default_rng(2)
     x, y = rng.normal(size=(500, 64)).astype(np.float32), rng.integers(0, 10, 500)
     xt, yt = rng.normal(size=(4000, 64)).astype(np.float32), rng.integers(0, 10, 4000)
-    with fast_compiles():
-        clf = evaluate.train_linear_classifier(x, y, num_classes=10)
+    clf = evaluate.train_linear_classifier(x, y, num_classes=10)
     # It fits the train labels (well above chance) but learns nothing that transfers: 10% +-
     # 5 standard deviations of a 4,000-example accuracy.
     assert evaluate.classifier_accuracy(clf, x, y)["top1"] > 0.3
@@ -263,8 +246,7 @@ def make_workdir(path: pathlib.Path, config) -> train.TrainState:
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("run")
-    with fast_compiles():
-        state = make_workdir(path, digits_config())
+    state = make_workdir(path, digits_config())
     return path, state
 
 
@@ -355,8 +337,7 @@ def test_export_from_the_workdir_equals_the_evaluated_backbone_in_torch(run_dir,
     net.eval()
     run = evaluate.load_run(str(path))
     x = np.random.default_rng(2).normal(size=(4, 16, 16, 3)).astype(np.float32)
-    with fast_compiles():
-        want = jax.jit(functools.partial(run.backbone.apply, train=False))(run.variables, x)
+    want = jax.jit(functools.partial(run.backbone.apply, train=False))(run.variables, x)
     with torch.no_grad():
         got = net(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).numpy()
     np.testing.assert_allclose(got, np.asarray(want), atol=1e-4, rtol=1e-4)
@@ -425,7 +406,7 @@ def test_cli_on_a_short_digits_training_run(tmp_path):
             text=True,
             cwd=REPO,
             timeout=300,
-            env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"},
+            env=_timing.child_env(devices=2),
         )
         assert out.returncode == 0, out.stderr[-3000:]
         record = json.loads((tmp_path / "run" / f"eval_{protocol}.json").read_text())

@@ -8,7 +8,6 @@ the stride on the 3x3 convolution), without ``fc``, and compares eval-mode featu
 Flax model's on the same images.
 """
 
-import contextlib
 import functools
 import os
 
@@ -24,15 +23,6 @@ from ssljax.models import ResNet, create_backbone
 torch = pytest.importorskip("torch")
 nn = torch.nn
 safetensors_torch = pytest.importorskip("safetensors.torch")
-
-
-@contextlib.contextmanager
-def fast_compiles():
-    jax.config.update("jax_disable_most_optimizations", True)
-    try:
-        yield
-    finally:
-        jax.config.update("jax_disable_most_optimizations", False)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -180,8 +170,7 @@ NETWORKS = {
 def test_torch_export_loads_strictly_and_gives_the_same_features(name, tmp_path):
     flax_factory, torch_factory, size = NETWORKS[name]
     model = flax_factory()
-    with fast_compiles():
-        params, stats = trained_looking_variables(model, size, seed=len(name))
+    params, stats = trained_looking_variables(model, size, seed=len(name))
     # Running statistics must be non-trivial, or a swapped mean/var would go unnoticed.
     assert float(jnp.abs(stats["bn1"]["mean"]).max()) > 0.05
     path = export.export_torch(params, stats, str(tmp_path / "b.safetensors"), {"step": "3"})
@@ -194,9 +183,8 @@ def test_torch_export_loads_strictly_and_gives_the_same_features(name, tmp_path)
     net.eval()
 
     images = np.random.default_rng(0).normal(size=(5, size, size, 3)).astype(np.float32)
-    with fast_compiles():
-        apply = jax.jit(functools.partial(model.apply, train=False))
-        want = np.asarray(apply({"params": params, "batch_stats": stats}, images))
+    apply = jax.jit(functools.partial(model.apply, train=False))
+    want = np.asarray(apply({"params": params, "batch_stats": stats}, images))
     with torch.no_grad():
         got = net(torch.from_numpy(images.transpose(0, 3, 1, 2).copy())).numpy()
     assert got.shape == want.shape == (5, model.num_features)

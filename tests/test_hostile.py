@@ -30,13 +30,6 @@ from ssljax.train_state import TrainState
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(autouse=True)
-def _fast_compiles():
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", False)
-
-
 def small_config(tmp_path, **overrides):
     import test_reliability  # the tiny digits config of the reliability tests
 
@@ -228,7 +221,6 @@ def poisoned_run(tmp_path_factory):
     import test_evaluate
 
     path = tmp_path_factory.mktemp("poisoned")
-    jax.config.update("jax_disable_most_optimizations", True)
     state = test_evaluate.make_workdir(path, test_evaluate.digits_config())
     leaves, treedef = jax.tree.flatten(state.params["backbone"])
     leaves[0] = leaves[0].at[(0,) * leaves[0].ndim].set(jnp.nan)

@@ -90,8 +90,6 @@ def run_worker(args: argparse.Namespace) -> None:
 
     from ssljax import data, sharding, train
 
-    # Compile time dominates; XLA's optimisation passes are not what this tests.
-    jax.config.update("jax_disable_most_optimizations", True)
     config = small_config()
     info = data.get_dataset_info(config.data)
     comps = train.build_components(
@@ -153,7 +151,10 @@ def free_port() -> int:
 
 def worker_env(devices: int) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in SLURM_VARS}
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    import _timing  # benchmarks/ is on pytest's path, not on the workers' (they run this file)
+
+    # The device count of this worker; the session's other XLA flags (its -O1) kept.
+    env["XLA_FLAGS"] = _timing.child_env(devices=devices)["XLA_FLAGS"]
     env["JAX_PLATFORMS"] = "cpu"
     env["PYTHONUNBUFFERED"] = "1"
     for key in ("JAX_COORDINATOR_ADDRESS", "JAX_LOCAL_DEVICE_IDS", "JAX_NUM_CPU_DEVICES"):

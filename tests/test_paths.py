@@ -90,7 +90,6 @@ def test_readme_train_command_runs_on_the_prepared_folder(checkout, tmp_path):
         " --config.warmup_epochs=0 --config.log_every_steps=1 --config.knn.k=3"
         " '--config.heads.projector_hidden=(16,)' '--config.heads.predictor_hidden=(16,)'"
     )
-    env = {**env, "JAX_DISABLE_MOST_OPTIMIZATIONS": "true"}
     proc = _bash(command, repo, env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "step 2/2" in proc.stderr and "Finished at step 2" in proc.stderr

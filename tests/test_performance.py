@@ -75,7 +75,6 @@ def host_transfers_in_hlo(text: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def step_setup():
-    jax.config.update("jax_disable_most_optimizations", True)  # compile time, not speed, here
     config = config_schema.load_config(str(REPO / "configs" / "byol.py") + ":digits")
     config.global_batch = BATCH
     config.num_steps = 100
@@ -117,7 +116,6 @@ def step_setup():
     yield types.SimpleNamespace(
         step_fn=step_fn, jitted=jitted, make_state=make_state, batch=batch, mesh=mesh
     )
-    jax.config.update("jax_disable_most_optimizations", False)
 
 
 def test_compile_counter_sees_a_recompilation():

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 
+import _timing
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
@@ -38,11 +39,10 @@ OVERRIDES = [
 
 
 def _env(tmp_root: pathlib.Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+    # Two devices; the session's other XLA flags (its fast-compiling -O1) kept: every run of a
+    # test compiles the same program, which keeps results bitwise equal.
+    env = _timing.child_env(devices=2)
     env["JAX_PLATFORMS"] = "cpu"
-    # Fast compiles: the same (unoptimised) program in every run keeps results bitwise equal.
-    env["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "1"
     return env
 
 
@@ -178,13 +178,6 @@ def small_config(tmp_path, **overrides):
             node = node[p]
         node[leaf] = v
     return c
-
-
-@pytest.fixture(autouse=True)
-def _fast_compiles():
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", False)
 
 
 def test_damaged_newest_checkpoint_falls_back_to_previous(tmp_path, caplog):

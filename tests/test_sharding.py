@@ -76,13 +76,6 @@ def test_infer_state_sharding_replicates_without_fsdp_axis():
 # ----------------------------------------------------------------------------------------------
 # The step under FSDP equals the data-parallel step.
 # ----------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def _fast_compiles():
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", False)
-
-
 def vit_config():
     c = config_schema.load_config(str(REPO / "configs" / "byol.py") + ":digits")
     c.model.backbone = "vit_tiny_4"
@@ -99,7 +92,7 @@ def vit_config():
 
 
 @pytest.mark.slow  # two compiles of the whole step: ~40 s on the 2-core reference machine
-def test_fsdp_step_equals_data_parallel_step(_fast_compiles):
+def test_fsdp_step_equals_data_parallel_step():
     config = vit_config()
     info = data.get_dataset_info(config.data)
     comps = train.build_components(config, info, num_train_examples=1000)

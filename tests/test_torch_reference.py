@@ -68,14 +68,6 @@ NOISE_FLOOR = 1e-5
 METHODS = tuple(m for m in sorted(methods.METHODS) if m in torch_yardstick.TORCH_LOSS_METHODS)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _fast_compiles():
-    # Compile time dominates; XLA's optimisation passes are not what is tested.
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", False)
-
-
 def small_config(method: str, overrides: tuple = ()):
     """The method's ``cifar10_cpu`` recipe on a tiny ResNet and heads, for a 2-step test.
 

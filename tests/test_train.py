@@ -26,14 +26,6 @@ METHOD_NAMES = sorted(methods.METHODS)
 BATCH = 32
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _fast_compiles():
-    # Compile time dominates these tests; XLA's optimisation passes are not what they test.
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", False)
-
-
 def small_config(method: str, **overrides):
     # Every registered method has configs/<name>.py: a new method needs no edit here.
     c = config_schema.load_config(str(REPO / "configs" / f"{method}.py") + ":digits")
