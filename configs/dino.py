@@ -60,12 +60,10 @@ def get_config(arg: str | None = None):
     c.optimizer.freeze = ((r"^projector/last_layer/", 1.0),)
     c.optimizer.final_weight_decay = None
     c.optimizer.final_lr = 1e-6
-    # Multi-crop (sec. 3.1): 2 global views (BYOL's asymmetric blur/solarise), local views.
+    # Multi-crop (sec. 3.1): 2 global views (BYOL's asymmetric blur/solarise), local views
+    # (base_config's local_view is DINO's: ssljax.augment.dino_local_view).
     c.augment.view1.crop_scale = (0.4, 1.0)
     c.augment.view2.crop_scale = (0.4, 1.0)
-    c.augment.local_view.crop_scale = (0.05, 0.4)
-    c.augment.local_view.blur_prob = 0.5
-    c.augment.local_view.solarize_prob = 0.0
     if preset == "imagenet":
         c.model.backbone = "vit_small_16"
         c.data.crop_in_loader = False  # the local crops are cut on device (docstring)

@@ -148,6 +148,19 @@ def cifar_views() -> list[dict[str, Any]]:
     ]
 
 
+def dino_local_view() -> dict[str, Any]:
+    """DINO's local crop (Caron et al. 2021, sec. 3.1; ``main_dino.py`` DataAugmentationDINO).
+
+    ``local_transfo``: RandomResizedCrop at scale (0.05, 0.4), flip, jitter (0.4, 0.4, 0.2, 0.1)
+    with p = 0.8, grayscale p = 0.2, blur p = 0.5, no solarisation; the size is
+    ``augment.local_image_size`` (96 px on ImageNet).
+
+    Returns:
+        One view-config dict, for ``augment.local_view``.
+    """
+    return dict(VIEW_DEFAULTS, crop_scale=(0.05, 0.4), blur_prob=0.5, solarize_prob=0.0)
+
+
 VIEW_PRESETS: dict[str, Callable[[], list[dict[str, Any]]]] = {
     "byol": byol_views,
     "vicreg": byol_views,

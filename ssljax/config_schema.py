@@ -71,7 +71,7 @@ def base_config() -> ml_collections.ConfigDict:
     # sees the global views only. 0 = the two-view methods' two views.
     c.augment.num_local_views = 0
     c.augment.local_image_size = 0
-    c.augment.local_view = view_config(crop_scale=(0.05, 0.4), blur_prob=0.5)
+    c.augment.local_view = view_config(**augment.dino_local_view())
 
     c.global_batch = 256
     # Devices on the mesh's second axis, over which large parameters (and their optimizer and

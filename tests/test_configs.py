@@ -54,8 +54,9 @@ BUDGET_FIELDS = {
     "optimizer.lars_form",
     "optimizer.eta",
     "optimizer.clip_lr",
-    # DINO: the teacher-temperature warm-up keeps its share of the run.
+    # DINO: the teacher-temperature warm-up and the frozen last layer keep their share of the run.
     "method_config.warmup_teacher_temp_epochs",
+    "optimizer.freeze",
 }
 
 
@@ -73,6 +74,12 @@ def test_cpu_budget_keeps_the_cifar10_recipe(name):
         # The short run's LARS is BYOL's (solo-learn's diverged or stalled at 1.25 epochs).
         assert (cpu["optimizer.lars_form"], cpu["optimizer.eta"]) == ("byol", 1e-3)
         assert not cpu["optimizer.clip_lr"]
+    # Frozen parameters keep their share: DINO's last layer, 1 of 200 epochs -> 0.02 of 4.
+    for (pattern, epochs), (cpu_pattern, cpu_epochs) in zip(
+        full.get("optimizer.freeze", ()), cpu.get("optimizer.freeze", ()), strict=True
+    ):
+        assert cpu_pattern == pattern
+        assert cpu_epochs / cpu["num_epochs"] == pytest.approx(epochs / full["num_epochs"])
 
 
 def test_random_target_is_byol_at_the_cpu_budget_with_a_frozen_target():
