@@ -28,6 +28,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint._src.metadata import array_metadata_store
+from orbax.checkpoint._src.serialization import type_handler_registry
 
 from ssljax import checkpoint_integrity, config_schema, tree_paths
 
@@ -49,16 +50,23 @@ def _use_replica_parallel_for_large_arrays_only() -> None:
     """Registers orbax's jax.Array handler with :data:`MIN_REPLICA_PARALLEL_SLICE_BYTES`.
 
     The same handler as orbax's default (``type_handler_registry._DEFAULT_TYPE_HANDLERS``, with
-    its array metadata store) but for that threshold; registered in orbax's global registry,
-    which its standard checkpoint handler reads.
+    its array metadata store) but for that threshold, in orbax's global registry, which its
+    standard checkpoint handler reads; without the warning that ``register_type_handler``
+    logs on every override, as orbax's own defaults are registered. Once per process.
     """
-    ocp.type_handlers.register_type_handler(
+    handler = ocp.type_handlers.get_type_handler(jax.Array)
+    if getattr(handler, "_min_slice_bytes_for_replica_parallel", None) == (
+        MIN_REPLICA_PARALLEL_SLICE_BYTES
+    ):
+        return
+    type_handler_registry.GLOBAL_TYPE_HANDLER_REGISTRY.add(
         jax.Array,
         ocp.type_handlers.ArrayHandler(
             array_metadata_store=array_metadata_store.Store(),
             min_slice_bytes_for_replica_parallel=MIN_REPLICA_PARALLEL_SLICE_BYTES,
         ),
         override=True,
+        ignore_warnings=True,
     )
 
 

@@ -295,3 +295,43 @@ def test_startup_checks_name_the_field_before_compiling(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="patch"):
         train.train_and_evaluate(vit, str(tmp_path / "w3"))
     assert not compiled
+
+
+def test_small_replicated_arrays_are_saved_whole_large_ones_by_replica(tmp_path, monkeypatch):
+    """Replica-parallel saving only where a replica's slice is >= 1 MiB, and the round trip is
+    exact either way (checkpointing.MIN_REPLICA_PARALLEL_SLICE_BYTES)."""
+    from orbax.checkpoint._src.serialization import replica_slices
+
+    from ssljax import checkpointing, sharding
+
+    mesh = sharding.make_mesh()
+    assert mesh.devices.size == 8
+    repl = sharding.replicated(mesh)
+    rng = np.random.default_rng(0)
+    big_rows = 8 * checkpointing.MIN_REPLICA_PARALLEL_SLICE_BYTES // (4 * 256)  # 1 MiB a slice
+    state = {
+        "bias": rng.normal(size=(64,)).astype(np.float32),
+        "kernel": rng.normal(size=(3, 3, 16, 32)).astype(np.float32),
+        "big": rng.normal(size=(big_rows, 256)).astype(np.float32),
+    }
+    state = jax.device_put(state, repl)
+    sliced = []
+    original = replica_slices.ReplicaSlice.data
+
+    def data(self):
+        if self.slice_args is not None:
+            sliced.append(self.unsliced_data.shape)
+        return original(self)
+
+    monkeypatch.setattr(replica_slices.ReplicaSlice, "data", data)
+    ckpt = checkpointing.Checkpointer(str(tmp_path / "ckpt"), async_save=False)
+    try:
+        ckpt.save(1, state, None)
+        shapes = jax.eval_shape(lambda s: s, state)
+        restored, _ = ckpt.restore(1, shapes, jax.tree.map(lambda _: repl, shapes))
+    finally:
+        ckpt.close()
+    # Only the large array was cut into per-replica slices (one per device, all on this host).
+    assert sliced and set(sliced) == {(big_rows, 256)}, sliced
+    for k in state:
+        np.testing.assert_array_equal(np.asarray(restored[k]), np.asarray(state[k]), err_msg=k)
