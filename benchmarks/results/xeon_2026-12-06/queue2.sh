@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Session 2026-12-06 evening: run 3's second seed (BYOL, solo-learn LARS, 1.25 epochs, both
+# Session 2026-12-06 evening (2-core Intel Xeon with AVX-512, not run 3's EPYC): run 3's second seed (BYOL, solo-learn LARS, 1.25 epochs, both
 # sides strict float32 on the 2-core CPU), then DINO's cifar10_cpu row of the README's table.
 # Run under `nice -n 19` so that test runs beside it keep the CPU.
 cd /work/main && . .venv/bin/activate

@@ -4,9 +4,10 @@
 # (batch 64, the learning rate scaled linearly by the configs' base_lr * batch / 256).
 cd /work/main && . .venv/bin/activate
 export PYTHONUNBUFFERED=1
-ROOT=/work/fid; DD=/work/fid/data; O=/work/fid/out; mkdir -p $O
+# The image folder and its prepared copy that cifar_table.py made for the DINO row (queue2.sh):
+# /work/fid holds other folders beside train/ and test/, which prepare refuses as splits.
+ROOT=/work/fid/table/cifar10; DD=/work/fid/table/tfds; O=/work/fid/out; mkdir -p $O
 # First run 3's ssljax seed 1 (queue2.sh's attempt found no prepared data on this machine).
-python -m ssljax.data.prepare --dataset=image_folder --data_dir=$DD --root=$ROOT >> $O/queue.log 2>&1
 LARS_S="--config.optimizer.lars_form=solo_learn --config.optimizer.eta=0.02 --config.optimizer.clip_lr=True"
 echo "$(date +%T) start ssljax s1" >> $O/queue.log
 python -m ssljax.main --config=configs/byol.py:cifar10_cpu --workdir=$O/ssljax.byol_sololars.s1 \
