@@ -372,21 +372,21 @@ def test_dino_step_updates_teacher_center_and_freezes_the_last_layer():
         "image": jnp.asarray(rng.integers(0, 256, (16, 16, 16, 3), np.uint8)),
         "label": jnp.asarray(rng.integers(0, 10, 16), jnp.int32),
     }
-    views = comps.augment_fn(jax.random.fold_in(state.rng, 0), batch["image"])
+    # Compiled, not run op by op: eager dispatch compiles every primitive on its own.
+    views = jax.jit(comps.augment_fn)(jax.random.fold_in(state.rng, 0), batch["image"])
     assert [v.shape[1] for v in views] == [16, 16, 8, 8]
+
+    @jax.jit
+    def teacher_projection(method_state, v):
+        variables = {
+            "params": method_state["target_params"],
+            "batch_stats": method_state["target_batch_stats"],
+        }
+        out, _ = comps.target_policy.net.apply(variables, v, train=True, mutable=["batch_stats"])
+        return out["projection"]
+
     # The teacher's outputs of this step, from the state before it.
-    teacher = [
-        comps.target_policy.net.apply(
-            {
-                "params": state.method_state["target_params"],
-                "batch_stats": state.method_state["target_batch_stats"],
-            },
-            v,
-            train=True,
-            mutable=["batch_stats"],
-        )[0]["projection"]
-        for v in views[:2]
-    ]
+    teacher = [teacher_projection(state.method_state, v) for v in views[:2]]
     last0 = np.asarray(state.params["projector"]["last_layer"]["kernel"])
     s1, m1 = step(state, batch)
     np.testing.assert_allclose(

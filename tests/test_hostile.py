@@ -366,6 +366,16 @@ def test_item4_lock_of_a_crashed_run_is_not_stale(tmp_path):
 # 5. SIGINT like SIGTERM; the in-flight async checkpoint survives an exception.
 # ------------------------------------------------------------------------------------------------
 def test_item5_first_ctrl_c_asks_to_stop_second_aborts():
+    # Python's own handler to start from: a pytest started in the background by a
+    # non-interactive shell inherits SIGINT ignored (SIG_IGN). The original is put back after.
+    original = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        _first_ctrl_c_asks_to_stop_second_aborts()
+    finally:
+        signal.signal(signal.SIGINT, original)
+
+
+def _first_ctrl_c_asks_to_stop_second_aborts():
     with preemption.PreemptionWatcher() as watcher:
         assert not watcher.should_stop(1)
         os.kill(os.getpid(), signal.SIGINT)

@@ -69,8 +69,19 @@ def host_transfers_in_jaxpr(jaxpr) -> list[str]:
 
 
 def host_transfers_in_hlo(text: str) -> list[str]:
-    """Lines of (StableHLO or compiled HLO) text that call back to or stream from the host."""
-    return [line.strip() for line in text.splitlines() if HOST_HLO.search(line)]
+    """Lines of (StableHLO or compiled HLO) text that call back to or stream from the host.
+
+    Only instructions count, without their metadata: the compiled module's stack-frame tables
+    name the Python functions that traced it (this file's test names say "callbacks").
+    """
+    found = []
+    for line in text.splitlines():
+        if "=" not in line:
+            continue  # a stack-frame table row, e.g. `20 "test_..._host_callbacks"`
+        instruction = re.sub(r"metadata=\{[^}]*\}|loc\(.*\)", "", line)
+        if HOST_HLO.search(instruction):
+            found.append(line.strip())
+    return found
 
 
 @pytest.fixture(scope="module")
@@ -173,4 +184,10 @@ def test_train_step_has_no_host_callbacks(step_setup):
     assert host_transfers_in_hlo(lowered.as_text()) == []
     # The compiled module too (after XLA's passes); this compilation hits the cache of the
     # compile-count test when both run.
-    assert host_transfers_in_hlo(lowered.compile().as_text()) == []
+    compiled = lowered.compile().as_text()
+    assert host_transfers_in_hlo(compiled) == []
+    # The finite-step flag (an `and` over every leaf's flag) is computed once, not fused into
+    # each of the state's selects: duplicated, it was most of the HLO and half the compile time.
+    num_leaves = len(jax.tree.leaves(state_shapes))
+    ands = len(re.findall(r"\band\(", compiled))
+    assert ands < 4 * num_leaves, (ands, num_leaves)  # 515 / 199 leaves; 38k duplicated

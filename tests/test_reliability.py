@@ -5,12 +5,15 @@ The process-level tests run ``python -m ssljax.main`` on the embedded digits dat
 would, and compare the final parameters bit for bit with an uninterrupted run.
 """
 
+import atexit
 import json
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import _timing
@@ -158,9 +161,21 @@ def test_sigterm_checkpoints_exits_zero_and_resumes(tmp_path, data_dir, uninterr
 # ------------------------------------------------------------------------------------------------
 # In-process behaviours.
 # ------------------------------------------------------------------------------------------------
+_DIGITS_DATA_DIR: list[str] = []
+
+
+def _digits_data_dir() -> str:
+    """One prepared digits dataset per test process (preparing it takes seconds), removed at exit."""
+    if not _DIGITS_DATA_DIR:
+        _DIGITS_DATA_DIR.append(tempfile.mkdtemp(prefix="ssljax-test-digits-"))
+        atexit.register(shutil.rmtree, _DIGITS_DATA_DIR[0], ignore_errors=True)
+    return _DIGITS_DATA_DIR[0]
+
+
 def small_config(tmp_path, **overrides):
+    del tmp_path  # each test's workdir is its own; the prepared dataset is shared
     c = config_schema.load_config(str(REPO / "configs" / "byol.py"))
-    c.data.data_dir = str(tmp_path / "data")
+    c.data.data_dir = _digits_data_dir()
     c.global_batch = 32
     c.num_steps = 6
     c.checkpoint.every_steps = 2
@@ -206,25 +221,28 @@ def test_damaged_newest_checkpoint_falls_back_to_previous(tmp_path, caplog):
     assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4, 5, 6]
 
 
-def test_nonfinite_steps_leave_state_unchanged_then_stop(tmp_path):
+def test_nonfinite_steps_leave_state_unchanged_then_stop(tmp_path, monkeypatch):
     workdir = tmp_path / "run"
-    config = small_config(
-        tmp_path,
-        num_steps=20,
-        max_consecutive_nonfinite=3,
-        **{
-            "optimizer.name": "sgd",
-            "optimizer.base_lr": 1e30,
-            "optimizer.exclude_from_weight_decay": (),
-        },
-    )
+    # The damaged-checkpoint test's config (its compiled step, from the compilation cache),
+    # started from NaN weights: every step's loss is non-finite, as after a divergence (a huge
+    # learning rate would do the same at the cost of compiling another step).
+    # No checkpoint falls within the run: one of NaN weights would be refused (a checkpoint of a
+    # diverging run is taken of the last finite state; test_hostile covers the refusal).
+    config = small_config(tmp_path, max_consecutive_nonfinite=3, **{"checkpoint.every_steps": 100})
+    init_state = train.init_state
+
+    def poisoned_init_state(*args, **kwargs):
+        state = init_state(*args, **kwargs)
+        return state.replace(params=jax.tree.map(lambda x: x * np.nan, state.params))
+
+    monkeypatch.setattr(train, "init_state", poisoned_init_state)
     with pytest.raises(
-        FloatingPointError, match=r"consecutive steps .* ending at step \d+.*Newest checkpoint"
+        FloatingPointError, match=r"3 consecutive steps .* ending at step 3.*Newest checkpoint"
     ):
         train.train_and_evaluate(config, str(workdir))
     rows = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
-    finite = [r["step_finite"] for r in rows if "step_finite" in r]
-    assert finite[-3:] == [0.0, 0.0, 0.0]
+    assert [r["step_finite"] for r in rows if "step_finite" in r] == [0.0, 0.0, 0.0]
+    assert [r["nonfinite_count"] for r in rows if "nonfinite_count" in r] == [1.0, 2.0, 3.0]
 
 
 def test_nonfinite_step_is_skipped_inside_the_jitted_step():
@@ -256,18 +274,29 @@ def test_nonfinite_step_is_skipped_inside_the_jitted_step():
         np.testing.assert_array_equal(a, b)
 
 
-def test_workdir_of_another_run_is_refused(tmp_path):
+def test_workdir_of_another_run_is_refused(tmp_path, caplog):
     workdir = tmp_path / "run"
-    train.train_and_evaluate(small_config(tmp_path, num_steps=2), str(workdir))
-    other = small_config(tmp_path, num_steps=4, tau_base=0.9, **{"optimizer.base_lr": 0.5})
+    # The damaged-checkpoint test's config (its compiled step, from the compilation cache),
+    # then the run made unfinished at step 2, as if it had been killed there.
+    config = small_config(tmp_path)
+    train.train_and_evaluate(config, str(workdir))
+    for step in (4, 6):
+        shutil.rmtree(workdir / "checkpoints" / str(step))
+    other = small_config(tmp_path, tau_base=0.9, **{"optimizer.base_lr": 0.5})
     with pytest.raises(ValueError) as err:
         train.train_and_evaluate(other, str(workdir))
     msg = str(err.value)
     assert "tau_base" in msg and "optimizer.base_lr" in msg and "allow_config_change" in msg
     assert _complete_steps(workdir) == [2], "nothing was written by the refused run"
-    other.allow_config_change = True
-    out = train.train_and_evaluate(other, str(workdir))
-    assert np.isfinite(out["loss"]) and _complete_steps(workdir)[-1] == 4
+    # Allowed, a changed field resumes with a warning naming it. (This field changes nothing
+    # that is compiled, so the step is the cached one; any other field takes the same path.)
+    changed = small_config(tmp_path, max_consecutive_nonfinite=7, allow_config_change=True)
+    with caplog.at_level("WARNING"):
+        out = train.train_and_evaluate(changed, str(workdir))
+    warned = [r.getMessage() for r in caplog.records if "despite config changes" in r.getMessage()]
+    assert warned and "max_consecutive_nonfinite: checkpoint has " in warned[0], warned
+    assert "this run has 7" in warned[0], warned
+    assert np.isfinite(out["loss"]) and _complete_steps(workdir)[-1] == 6
 
 
 def test_startup_checks_name_the_field_before_compiling(tmp_path, monkeypatch):
