@@ -165,7 +165,7 @@ _DIGITS_DATA_DIR: list[str] = []
 
 
 def _digits_data_dir() -> str:
-    """One prepared digits dataset per test process (preparing it takes seconds), removed at exit."""
+    """One prepared digits dataset per test process (preparing takes seconds); removed at exit."""
     if not _DIGITS_DATA_DIR:
         _DIGITS_DATA_DIR.append(tempfile.mkdtemp(prefix="ssljax-test-digits-"))
         atexit.register(shutil.rmtree, _DIGITS_DATA_DIR[0], ignore_errors=True)
