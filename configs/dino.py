@@ -35,6 +35,8 @@ to a constant output on this network), AdamW at 0.002 x batch / 256, teacher mom
 teacher temperature warmed up over 5 epochs.
 """
 
+from ml_collections import config_dict
+
 from ssljax import config_schema
 
 PRESETS = ("digits", "cifar10", "cifar10_cpu", "imagenet")
@@ -58,7 +60,9 @@ def get_config(arg: str | None = None):
     # main_dino.py: per-tensor clipping at 3.0, the last layer frozen for the first epoch.
     c.optimizer.clip_grad_per_param = 3.0
     c.optimizer.freeze = ((r"^projector/last_layer/", 1.0),)
-    c.optimizer.final_weight_decay = None
+    # None: constant weight decay; a placeholder so that --config.optimizer.final_weight_decay=0.4
+    # can set it from the command line (a plain None field cannot be overridden).
+    c.optimizer.final_weight_decay = config_dict.placeholder(float)
     c.optimizer.final_lr = 1e-6
     # Multi-crop (sec. 3.1): 2 global views (BYOL's asymmetric blur/solarise), local views
     # (base_config's local_view is DINO's: ssljax.augment.dino_local_view).

@@ -40,6 +40,29 @@ def test_every_preset_loads_and_validates(name):
         _load(name, "cifar100")
 
 
+def _none_fields(c, prefix=""):
+    """Dotted names of the fields holding None, and whether each can be overridden."""
+    found = {}
+    for key in c.keys():
+        value = c[key]
+        if hasattr(value, "keys"):
+            found.update(_none_fields(value, f"{prefix}{key}."))
+        elif value is None:
+            try:  # a plain None field has no typed reference
+                found[f"{prefix}{key}"] = c.get_ref(key).get_type() is not type(None)
+            except ValueError:
+                found[f"{prefix}{key}"] = False
+    return found
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_fields_set_to_none_can_be_overridden_from_the_command_line(name):
+    """A plain None field is refused by --config.x=y ("NoneType ... not supported")."""
+    for preset in _presets(name):
+        fields = _none_fields(_load(name, preset))
+        assert all(fields.values()), f"{name}:{preset}: use config_dict.placeholder: {fields}"
+
+
 # The fields apply_cpu_budget changes; every other field must be the cifar10 recipe's.
 BUDGET_FIELDS = {
     "model.backbone_kwargs.width",

@@ -7,7 +7,6 @@ shared with ``ssljax.losses``.
 """
 
 import pathlib
-import types
 
 import jax
 import jax.numpy as jnp
@@ -333,44 +332,23 @@ def test_local_views_need_crops_on_device():
 # ----------------------------------------------------------------------------------------------
 # The train step.
 # ----------------------------------------------------------------------------------------------
-def _small_dino():
-    c = config_schema.load_config(f"{REPO}/configs/dino.py:digits")
-    c.global_batch = 16
-    c.num_steps = 4
-    c.warmup_epochs = 0.0
-    c.heads.projector_hidden = (32,)
-    c.heads.bottleneck_dim = 8
-    c.heads.projector_dim = 64
-    c.augment.num_local_views = 2
-    return c
-
-
-def _fake_info():
-    return types.SimpleNamespace(
-        name="fake",
-        num_classes=10,
-        split_sizes={"train": 32, "test": 32},
-        image_shape=(16, 16, 3),
-        mean=(0.5,) * 3,
-        std=(0.25,) * 3,
-        class_names=None,
-    )
-
-
 def test_dino_step_updates_teacher_center_and_freezes_the_last_layer():
-    config = _small_dino()
-    # 32 examples / 16 = 2 steps per epoch: the last layer is frozen for steps 0 and 1.
-    comps = train.build_components(config, _fake_info(), num_train_examples=32)
+    import test_train  # the contract test's config: its compiled step, from the cache
+
+    config = test_train.small_config("dino")
+    k = config.heads.projector_dim
+    # BATCH examples / BATCH = 1 step per epoch: the last layer is frozen for step 0 only.
+    comps, state, step = test_train.build(config)
+    assert comps.steps_per_epoch == 1 and config.optimizer.freeze[0][1] == 1.0
     assert isinstance(comps.target_policy, methods.EMA)
     assert comps.target_policy.num_views == 2
-    state = train.init_state(comps, config, jax.random.PRNGKey(0))
     assert set(state.method_state) == {"target_params", "target_batch_stats", "center"}
-    np.testing.assert_array_equal(state.method_state["center"], np.zeros(64))
-    step = jax.jit(train.make_train_step(comps, config))
+    np.testing.assert_array_equal(state.method_state["center"], np.zeros(k))
     rng = np.random.default_rng(0)
+    n = config.global_batch
     batch = {
-        "image": jnp.asarray(rng.integers(0, 256, (16, 16, 16, 3), np.uint8)),
-        "label": jnp.asarray(rng.integers(0, 10, 16), jnp.int32),
+        "image": jnp.asarray(rng.integers(0, 256, (n, 32, 32, 3), np.uint8)),
+        "label": jnp.asarray(rng.integers(0, 10, n), jnp.int32),
     }
     # Compiled, not run op by op: eager dispatch compiles every primitive on its own.
     views = jax.jit(comps.augment_fn)(jax.random.fold_in(state.rng, 0), batch["image"])
@@ -388,23 +366,20 @@ def test_dino_step_updates_teacher_center_and_freezes_the_last_layer():
     # The teacher's outputs of this step, from the state before it.
     teacher = [teacher_projection(state.method_state, v) for v in views[:2]]
     last0 = np.asarray(state.params["projector"]["last_layer"]["kernel"])
+    dense0 = np.asarray(state.params["projector"]["dense_0"]["kernel"])
     s1, m1 = step(state, batch)
     np.testing.assert_allclose(
         np.asarray(s1.method_state["center"]),
-        np_center(np.zeros(64), [np.float64(t) for t in teacher], 0.9),
+        np_center(np.zeros(k), [np.float64(t) for t in teacher], 0.9),
         rtol=1e-4,
         atol=1e-6,
     )
     assert float(m1["tau"]) == pytest.approx(config.tau_base)
-    s2, _ = step(s1, batch)
-    np.testing.assert_array_equal(s2.params["projector"]["last_layer"]["kernel"], last0)
-    assert not np.array_equal(
-        s2.params["projector"]["dense_0"]["kernel"],
-        state.params["projector"]["dense_0"]["kernel"],
-    )
-    s3, m3 = step(s2, batch)
-    assert not np.array_equal(s3.params["projector"]["last_layer"]["kernel"], last0)
-    assert np.isfinite(float(m3["loss"]))
+    np.testing.assert_array_equal(s1.params["projector"]["last_layer"]["kernel"], last0)
+    assert not np.array_equal(s1.params["projector"]["dense_0"]["kernel"], dense0)
+    s2, m2 = step(s1, batch)
+    assert not np.array_equal(s2.params["projector"]["last_layer"]["kernel"], last0)
+    assert np.isfinite(float(m2["loss"]))
 
 
 # ----------------------------------------------------------------------------------------------
