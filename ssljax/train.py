@@ -333,8 +333,9 @@ def step_is_finite(loss: jax.Array, grads: PyTree, updated: PyTree) -> jax.Array
     # The same flag (exp(0) = 1 > 0.5 > exp(-1)), ending in an op that XLA counts as expensive
     # and so computes once. Ending in a cheap `and`, the whole chain over every leaf's flag was
     # fused into each of the state's selects below: a ResNet-tiny DINO step grew to 145k lines
-    # of optimized HLO (44k of them `and`s) and compiled in 29 s on a busy 2-core CPU, against
-    # 51k lines and 15 s with this (tests/test_performance.py pins the HLO).
+    # of optimized HLO (44k of them `and`s), against 51k with this, and the ResNet-18 BYOL step
+    # compiled in 32 s instead of 11 s on a 2-core CPU, its step time unchanged
+    # (benchmarks/results/xeon_2026-12-07/; tests/test_performance.py pins the HLO).
     return jnp.exp(jnp.where(finite, 0.0, -1.0)) > 0.5
 
 
