@@ -166,3 +166,28 @@ def _format_seconds(seconds: float) -> str:
     h, rem = divmod(seconds, 3600)
     m, s = divmod(rem, 60)
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
+
+
+def read_curves(path: str | os.PathLike) -> dict[str, list[tuple[int, float]]]:
+    """Reads a metrics JSON-lines file into ``{name: [(step, value), ...]}`` sorted by step.
+
+    Non-finite values (``null``, or the strings ``"nan"`` of older files) are left out. A
+    resumed run repeats the steps after its last checkpoint; the later value of a step wins.
+
+    Args:
+      path: a ``metrics.jsonl`` file.
+
+    Returns:
+      The curves by scalar name.
+    """
+    by_name: dict[str, dict[int, float]] = {}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if not line.strip():
+                continue
+            row = json.loads(line)
+            step = int(row.pop("step"))
+            for name, value in row.items():
+                if isinstance(value, (int, float)) and math.isfinite(value):
+                    by_name.setdefault(name, {})[step] = float(value)
+    return {name: sorted(points.items()) for name, points in by_name.items()}

@@ -15,12 +15,12 @@ matplotlib is an optional dependency: ``pip install 'ssljax[plot]'``.
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import os
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
+
+from ssljax.metric_writers import read_curves
 
 # Panel titles of plot_run, in order (tests and the README refer to them).
 RUN_PANELS = (
@@ -41,31 +41,6 @@ def _figure(width: float, height: float):
     except ImportError as err:
         raise ImportError(INSTALL_HINT) from err
     return Figure(figsize=(width, height), layout="constrained")
-
-
-def read_curves(path: str | os.PathLike) -> dict[str, list[tuple[int, float]]]:
-    """Reads a metrics JSON-lines file into ``{name: [(step, value), ...]}`` sorted by step.
-
-    Non-finite values (``null``, or the strings ``"nan"`` of older files) are left out. A
-    resumed run repeats the steps after its last checkpoint; the later value of a step wins.
-
-    Args:
-      path: a ``metrics.jsonl`` file.
-
-    Returns:
-      The curves by scalar name.
-    """
-    by_name: dict[str, dict[int, float]] = {}
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if not line.strip():
-                continue
-            row = json.loads(line)
-            step = int(row.pop("step"))
-            for name, value in row.items():
-                if isinstance(value, (int, float)) and math.isfinite(value):
-                    by_name.setdefault(name, {})[step] = float(value)
-    return {name: sorted(points.items()) for name, points in by_name.items()}
 
 
 def _draw(ax, curve: Sequence[tuple[int, float]], label: str, **style: Any) -> bool:

@@ -893,18 +893,11 @@ def write_summary(
 
 def _knn_at_initialisation(workdir: str) -> float | None:
     """The kNN accuracy logged at step 0 in ``workdir/metrics.jsonl``, if there is one."""
-    path = os.path.join(workdir, "metrics.jsonl")
     try:
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                row = json.loads(line)
-                if row.get("step") == 0 and "knn_top1" in row:
-                    return float(row["knn_top1"])
-                if row.get("step", 0) > 0:
-                    return None  # rows are in step order: step 0 has passed
-    except (OSError, ValueError):
-        return None  # unreadable: the summary goes without the baseline, as before
-    return None
+        curve = metric_writers.read_curves(os.path.join(workdir, "metrics.jsonl"))["knn_top1"]
+    except (OSError, ValueError, KeyError):
+        return None  # no such row: the summary goes without the baseline, as before
+    return curve[0][1] if curve[0][0] == 0 else None
 
 
 def _summary_line(step: int, done: int, last: dict[str, float], workdir: str) -> str:

@@ -12,7 +12,7 @@ pytest.importorskip(
     "matplotlib", reason="matplotlib is an optional extra: pip install 'ssljax[plot]'"
 )
 
-from ssljax import plot  # noqa: E402
+from ssljax import metric_writers, plot  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -48,7 +48,7 @@ def _write_metrics(workdir: pathlib.Path) -> None:
 
 def test_read_curves_skips_non_finite_and_sorts(tmp_path):
     _write_metrics(tmp_path)
-    curves = plot.read_curves(tmp_path / "metrics.jsonl")
+    curves = metric_writers.read_curves(tmp_path / "metrics.jsonl")
     assert curves["knn_top1"] == [(0, 0.5), (20, 0.7)]
     assert curves["feature_rankme"] == [(10, 30.0), (20, 30.0)]
     assert curves["loss"][4] == (5, pytest.approx(0.8))
