@@ -16,6 +16,7 @@ Everything here is an optax object so the training loop treats all methods alike
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 import re
@@ -612,18 +613,53 @@ class FreezeState(NamedTuple):
     count: jax.Array
 
 
+def _hold_adam_counts(new: Any, old: Any, hold: jax.Array) -> Any:
+    """``new`` with every ``optax.ScaleByAdamState``'s count taken from ``old`` where ``hold``.
+
+    Only Adam's count is held: the other counts of an optimizer state are schedules of the
+    run's global step (learning rate, weight decay), which a frozen parameter's group keeps
+    following, as PyTorch's schedulers set every group's rate at every iteration.
+    """
+    if isinstance(new, optax.ScaleByAdamState):
+        return new._replace(count=jnp.where(hold, old.count, new.count))
+    if isinstance(new, tuple) and hasattr(new, "_fields"):  # a NamedTuple state
+        return type(new)(*(_hold_adam_counts(n, o, hold) for n, o in zip(new, old, strict=True)))
+    if isinstance(new, (tuple, list)):
+        return type(new)(_hold_adam_counts(n, o, hold) for n, o in zip(new, old, strict=True))
+    if isinstance(new, dict):
+        return {k: _hold_adam_counts(v, old[k], hold) for k, v in new.items()}
+    return new
+
+
+def _held_for_steps(inner: optax.GradientTransformation, num_steps: int):
+    """``inner`` that makes no update and keeps its Adam counts for ``num_steps`` updates."""
+
+    def init_fn(params: Any) -> FreezeState:
+        return FreezeState(inner=inner.init(params), count=jnp.zeros((), jnp.int32))
+
+    def update_fn(updates: Any, state: FreezeState, params: Any = None):
+        frozen = state.count < num_steps
+        hold = functools.partial(jax.tree.map, lambda u: jnp.where(frozen, jnp.zeros_like(u), u))
+        new_updates, inner_state = inner.update(hold(updates), state.inner, params)
+        inner_state = _hold_adam_counts(inner_state, state.inner, frozen)
+        return hold(new_updates), FreezeState(inner_state, optax.safe_increment(state.count))
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
 def freeze_for_steps(
     inner: optax.GradientTransformation, mask: Any, num_steps: int
 ) -> optax.GradientTransformation:
     """``inner`` with the masked parameters held fixed for the first ``num_steps`` updates.
 
     DINO freezes its head's last layer during the first epoch ("cancel_gradients_last_layer"
-    in ``main_dino.py``: the gradients are dropped, so the optimizer neither moves nor decays
-    those weights). Here their gradients are zeroed before ``inner`` (so Adam's moments stay
-    0) and their updates after it (so no weight decay moves them). One difference from
-    PyTorch, which skips a parameter without gradient altogether: ``inner``'s shared step
-    count still advances, so Adam's bias correction of a frozen tensor starts at the count of
-    the run rather than at 1 when it is released.
+    in ``main_dino.py``): the gradients are set to ``None``, so PyTorch's optimizer skips those
+    tensors altogether -- no move, no weight decay, and for AdamW no step of their own count,
+    so Adam's bias correction of the released layer starts at step 1. Here the masked
+    parameters get their own copy of ``inner`` (``optax.multi_transform``) whose gradients are
+    zeroed before it (Adam's moments stay 0), whose updates are zeroed after it (no weight
+    decay), and whose Adam count does not advance while frozen. Its learning-rate and
+    weight-decay schedules follow the run's step, as PyTorch's per-iteration schedules do.
 
     Args:
         inner: the optimizer.
@@ -634,22 +670,12 @@ def freeze_for_steps(
         The wrapped ``optax.GradientTransformation``.
     """
     num_steps = int(num_steps)
-
-    def init_fn(params: Any) -> FreezeState:
-        return FreezeState(inner=inner.init(params), count=jnp.zeros((), jnp.int32))
-
-    def update_fn(updates: Any, state: FreezeState, params: Any = None):
-        frozen = state.count < num_steps
-
-        def hold(u: jax.Array, m: bool) -> jax.Array:
-            return jnp.where(frozen, jnp.zeros_like(u), u) if m else u
-
-        updates = jax.tree.map(hold, updates, mask)
-        updates, inner_state = inner.update(updates, state.inner, params)
-        updates = jax.tree.map(hold, updates, mask)
-        return updates, FreezeState(inner=inner_state, count=optax.safe_increment(state.count))
-
-    return optax.GradientTransformation(init_fn, update_fn)
+    if num_steps <= 0:
+        return inner
+    labels = jax.tree.map(lambda m: "frozen" if m else "free", mask)
+    present = set(jax.tree.leaves(labels))
+    transforms = {"frozen": _held_for_steps(inner, num_steps), "free": inner}
+    return optax.multi_transform({k: v for k, v in transforms.items() if k in present}, labels)
 
 
 def adamw(

@@ -262,6 +262,81 @@ def test_freeze_holds_the_masked_params_for_the_first_steps():
     assert not np.allclose(history[2]["last_layer"], 1.0)  # released at the third
 
 
+def _numpy_adamw_with_frozen(params, grads, frozen_steps, lr, wd, b1=0.9, b2=0.999, eps=1e-8):
+    """PyTorch's AdamW (Loshchilov & Hutter 2019, Algorithm 2 as ``torch.optim.AdamW``) over
+    named arrays, with DINO's ``cancel_gradients_last_layer``: a frozen tensor's gradient is
+    ``None`` for its first ``frozen_steps[name]`` iterations, so the optimizer skips it -- no
+    decay, no move, and its own step count ``t`` starts at its first gradient.
+
+    Per tensor with a gradient at iteration k (``lr(k)``, ``wd(k)`` set globally every
+    iteration): ``t += 1; p -= lr wd p; m = b1 m + (1 - b1) g; v = b2 v + (1 - b2) g^2;
+    p -= lr (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)``.
+    """
+    p = {n: np.array(x, np.float64) for n, x in params.items()}
+    m = {n: np.zeros_like(x) for n, x in p.items()}
+    v = {n: np.zeros_like(x) for n, x in p.items()}
+    t = dict.fromkeys(p, 0)
+    for k, g in enumerate(grads):
+        for n in p:
+            if k < frozen_steps.get(n, 0):
+                continue
+            t[n] += 1
+            p[n] -= lr(k) * wd(k) * p[n]
+            m[n] = b1 * m[n] + (1 - b1) * g[n]
+            v[n] = b2 * v[n] + (1 - b2) * g[n] ** 2
+            m_hat, v_hat = m[n] / (1 - b1 ** t[n]), v[n] / (1 - b2 ** t[n])
+            p[n] -= lr(k) * m_hat / (np.sqrt(v_hat) + eps)
+    return p
+
+
+def test_a_released_layer_starts_its_own_adam_count_as_pytorch():
+    """DINO's frozen last layer: after release, Adam's bias correction starts at step 1.
+
+    The previous ``freeze_for_steps`` shared the run's count, so the released layer's first
+    updates were bias-corrected for the run's step, not its own (up to ~1.6x the reference's
+    step size 100 updates after a 200-step freeze); this test fails on it.
+    """
+    rng = np.random.default_rng(0)
+    shapes = {"backbone/kernel": (3, 2), "projector/last_layer/kernel": (2,)}
+    params = {n: rng.normal(size=s).astype(np.float32) for n, s in shapes.items()}
+    grads = [{n: rng.normal(size=s) for n, s in shapes.items()} for _ in range(12)]
+    nest = lambda flat: {  # noqa: E731
+        "backbone": {"kernel": jnp.asarray(flat["backbone/kernel"], jnp.float32)},
+        "projector": {
+            "last_layer": {"kernel": jnp.asarray(flat["projector/last_layer/kernel"], jnp.float32)}
+        },
+    }
+    cfg = {
+        "name": "adamw",
+        "base_lr": 0.01,
+        "weight_decay": 0.04,
+        "final_weight_decay": 0.4,
+        "freeze": ((r"^projector/last_layer/", 1.0),),
+        "exclude_from_weight_decay": (),
+    }
+    tx, lr = optim.build_optimizer(
+        cfg, nest(params), global_batch=256, total_steps=12, warmup_steps=2, steps_per_epoch=4
+    )
+    wd = optim.cosine_schedule(0.04, 0.4, 12)
+    p = nest(params)
+    state = tx.init(p)
+    update = jax.jit(tx.update)
+    for g in grads:
+        u, state = update(nest(g), state, p)
+        p = optax.apply_updates(p, u)
+    want = _numpy_adamw_with_frozen(
+        params,
+        grads,
+        {"projector/last_layer/kernel": 4},
+        lr=lambda k: float(lr(k)),
+        wd=lambda k: float(wd(k)),
+    )
+    np.testing.assert_allclose(p["backbone"]["kernel"], want["backbone/kernel"], rtol=1e-5)
+    np.testing.assert_allclose(
+        p["projector"]["last_layer"]["kernel"], want["projector/last_layer/kernel"], rtol=1e-5
+    )
+
+
 def test_build_optimizer_reads_the_dino_fields():
     params = {
         "backbone": {"kernel": jnp.ones((2, 2))},
