@@ -38,7 +38,7 @@ import sys
 
 import _timing
 
-METHODS = ("byol", "simsiam", "vicreg", "barlow_twins")
+METHODS = ("byol", "simsiam", "vicreg", "barlow_twins", "dino")
 MODELS = {
     # name: (config preset, image size, global batch, num_classes)
     "resnet18_cifar": ("cifar10", 32, 256, 10),
@@ -335,6 +335,10 @@ def main(argv=None) -> None:
         return
     if not peaks:
         print(f"note: {args.peak} missing; run benchmarks/peak_flops.py for utilisation.")
+    if args.augment == "none" and "dino" in _csv(args.methods, METHODS):
+        # DINO's local crops are made by the augmentation at their own size: two given views
+        # are not the step it trains.
+        raise SystemExit("dino's step needs --augment=device (its multi-crop views)")
     rows = []
     for model in _csv(args.models, MODELS):
         for method in _csv(args.methods, METHODS):
