@@ -101,6 +101,9 @@ def base_config() -> ml_collections.ConfigDict:
     # ((regex, multiplier), ...): per-group rates as multiples of the schedule (Barlow Twins'
     # biases and BatchNorm parameters); see ssljax.optim.build_optimizer.
     c.optimizer.lr_multipliers = ()
+    # ((regex, epochs), ...): parameters held fixed for that many epochs (DINO's last layer;
+    # a frozen-kernel baseline: (("^backbone/.*kernel$", 1e9),)); see ssljax.optim.
+    c.optimizer.freeze = ()
 
     # EMA of the target network (BYOL): tau from tau_base to 1 by cosine. Ignored by methods
     # without an EMA target.

@@ -669,7 +669,9 @@ def freeze_for_steps(
     Returns:
         The wrapped ``optax.GradientTransformation``.
     """
-    num_steps = int(num_steps)
+    # The step count is int32: a longer freeze (a frozen-kernel baseline's 1e9 epochs) is the
+    # whole run.
+    num_steps = min(int(num_steps), int(jnp.iinfo(jnp.int32).max))
     if num_steps <= 0:
         return inner
     labels = jax.tree.map(lambda m: "frozen" if m else "free", mask)

@@ -771,3 +771,29 @@ def test_build_optimizer_rejects_bad_lars_and_group_fields(net_params, overrides
     cfg = {**_GOOD, **overrides}
     with pytest.raises(ValueError, match=match):
         optim.build_optimizer(cfg, net_params, global_batch=256, total_steps=10, warmup_steps=1)
+
+
+def test_a_frozen_kernel_baseline_holds_the_kernels_for_the_whole_run():
+    """``freeze`` with more epochs than an int32 step count holds (1e9 epochs of 781 steps)."""
+    params = {
+        "backbone": {"conv": {"kernel": jnp.ones((2, 2))}, "bn": {"scale": jnp.ones(2)}},
+        "head": {"kernel": jnp.ones(2)},
+    }
+    cfg = {
+        "name": "lars",
+        "base_lr": 1.0,
+        "weight_decay": 1e-4,
+        "exclude_from_weight_decay": ("scale$",),
+        "freeze": ((r"^backbone/.*kernel$", 1e9),),
+    }
+    tx, _ = optim.build_optimizer(
+        cfg, params, global_batch=256, total_steps=10, warmup_steps=1, steps_per_epoch=781
+    )
+    state, p = tx.init(params), params
+    update = jax.jit(tx.update)
+    for _ in range(3):
+        u, state = update(jax.tree.map(jnp.ones_like, p), state, p)
+        p = optax.apply_updates(p, u)
+    np.testing.assert_array_equal(p["backbone"]["conv"]["kernel"], 1.0)
+    assert np.all(np.asarray(p["backbone"]["bn"]["scale"]) < 0.5)
+    assert np.all(np.asarray(p["head"]["kernel"]) < 1.0)
