@@ -262,6 +262,17 @@ def test_freeze_holds_the_masked_params_for_the_first_steps():
     assert not np.allclose(history[2]["last_layer"], 1.0)  # released at the third
 
 
+# DINO's optimizer fields (configs/dino.py): AdamW, weight decay 0.04 -> 0.4, the head's last
+# layer frozen for the first epoch.
+DINO_ADAMW = {
+    "name": "adamw",
+    "weight_decay": 0.04,
+    "final_weight_decay": 0.4,
+    "freeze": ((r"^projector/last_layer/", 1.0),),
+    "exclude_from_weight_decay": (),
+}
+
+
 def _numpy_adamw_with_frozen(params, grads, frozen_steps, lr, wd, b1=0.9, b2=0.999, eps=1e-8):
     """PyTorch's AdamW (Loshchilov & Hutter 2019, Algorithm 2 as ``torch.optim.AdamW``) over
     named arrays, with DINO's ``cancel_gradients_last_layer``: a frozen tensor's gradient is
@@ -306,14 +317,7 @@ def test_a_released_layer_starts_its_own_adam_count_as_pytorch():
             "last_layer": {"kernel": jnp.asarray(flat["projector/last_layer/kernel"], jnp.float32)}
         },
     }
-    cfg = {
-        "name": "adamw",
-        "base_lr": 0.01,
-        "weight_decay": 0.04,
-        "final_weight_decay": 0.4,
-        "freeze": ((r"^projector/last_layer/", 1.0),),
-        "exclude_from_weight_decay": (),
-    }
+    cfg = {**DINO_ADAMW, "base_lr": 0.01}
     tx, lr = optim.build_optimizer(
         cfg, nest(params), global_batch=256, total_steps=12, warmup_steps=2, steps_per_epoch=4
     )
@@ -342,15 +346,7 @@ def test_build_optimizer_reads_the_dino_fields():
         "backbone": {"kernel": jnp.ones((2, 2))},
         "projector": {"last_layer": {"kernel": jnp.ones(2)}},
     }
-    cfg = {
-        "name": "adamw",
-        "base_lr": 0.0005,
-        "weight_decay": 0.04,
-        "final_weight_decay": 0.4,
-        "clip_grad_per_param": 3.0,
-        "freeze": ((r"^projector/last_layer/", 1.0),),
-        "exclude_from_weight_decay": (),
-    }
+    cfg = {**DINO_ADAMW, "base_lr": 0.0005, "clip_grad_per_param": 3.0}
     tx, _ = optim.build_optimizer(
         cfg, params, global_batch=256, total_steps=10, warmup_steps=2, steps_per_epoch=3
     )
