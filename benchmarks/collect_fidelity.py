@@ -3,11 +3,13 @@
     python benchmarks/collect_fidelity.py WORKDIR/fid --out fidelity.json
 
 ``WORKDIR/fid`` holds ssljax workdirs named ``ssljax.<method>.s<seed>`` (and variant rows
-``variant.<name>.s<seed>``), each with ``summary.json`` and ``metrics.jsonl``, and the PyTorch
-reference's results ``torch.<method>.s<seed>.json``. Each row: kNN top-1 at initialisation (the
-run's own step-0 monitor, and the BN-calibrated one when recorded) and at the end, the gain,
-the loss and collapse-monitor curves, images/s; then per (implementation, method) the mean over
-seeds and the ssljax - reference difference.
+``<kind>.<name>.s<seed>``, e.g. ``frozen.byol.s0``), each with ``summary.json``,
+``metrics.jsonl`` and, once ``python -m ssljax.evaluate --protocol=linear`` ran,
+``eval_linear.json``; and the PyTorch reference's results ``torch.<method>.s<seed>.json``. Each
+row: kNN top-1 at initialisation (the run's own step-0 monitor, and the BN-calibrated one when
+recorded) and at the end, the gain, the linear probe, the collapse monitor's lowest and last
+value, images/s, and the loss and monitor curves; then per (implementation, method) the means
+over seeds with the seed spread, and the ssljax - reference difference of the means.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ import pathlib
 import statistics
 from typing import Any
 
-CURVES = ("loss", "proj_std", "feature_rankme", "input_wait_share")
+CURVES = ("loss", "proj_std", "proj_std_x_sqrt_d", "feature_rankme", "input_wait_share")
+MONITOR = "proj_std_x_sqrt_d"  # 1 healthy, 0 collapsed (ssljax.diagnostics.normalized_std)
 
 
 def _finite(x: Any) -> float | None:
@@ -61,7 +64,18 @@ def ssljax_row(workdir: pathlib.Path) -> dict[str, Any]:
                 if _finite(r.get(k)) is not None:
                     curves[k].append([r["step"], round(float(r[k]), 5)])
     row["curves"] = {k: v for k, v in curves.items() if v}
+    linear = workdir / "eval_linear.json"
+    if linear.exists():
+        row["linear_top1"] = _finite(json.loads(linear.read_text()).get("linear_top1"))
+    _add_monitor(row, [v for _, v in row["curves"].get(MONITOR, [])])
     return row
+
+
+def _add_monitor(row: dict[str, Any], values: list) -> None:
+    """The collapse monitor's lowest and last logged value, where it was logged."""
+    values = [v for v in (_finite(x) for x in values) if v is not None]
+    if values:
+        row["monitor_min"], row["monitor_end"] = min(values), values[-1]
 
 
 def torch_row(path: pathlib.Path) -> dict[str, Any]:
@@ -76,6 +90,8 @@ def torch_row(path: pathlib.Path) -> dict[str, Any]:
             row[key] = _finite(value)
         elif key in ("curve", "curves"):
             row[key] = value
+    curve = r.get("curve") or {}
+    _add_monitor(row, curve.get(MONITOR, []) if isinstance(curve, dict) else [])
     return row
 
 
@@ -83,6 +99,52 @@ def _gain(row: dict[str, Any]) -> float | None:
     end = row.get("knn_top1")
     init = row.get("knn_top1_init_calibrated") or row.get("knn_top1_init")
     return None if end is None or init is None else end - init
+
+
+def _pct(x: float | None) -> str:
+    return "" if x is None else f"{100 * x:.2f}"
+
+
+def _mean(values: list) -> float | None:
+    values = [v for v in values if v is not None]
+    return statistics.mean(values) if values else None
+
+
+def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per (implementation, method) with a final kNN: the means over seeds and the spread.
+
+    Returns:
+      One dict per group: ``impl``, ``method``, ``seeds``, ``knn`` (mean), ``knn_spread``
+      (max - min over seeds), ``gain`` and ``linear`` (means, None where missing; the linear
+      probe's seeds in ``linear_seeds``) and, for
+      every implementation but the reference, ``knn_diff``: its mean minus the reference's
+      (``torch``) for the same method, None without one.
+    """
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        if r.get("knn_top1") is not None:
+            groups.setdefault((r["impl"], r["method"]), []).append(r)
+    out = []
+    for (impl, method), members in sorted(groups.items()):
+        knn = [r["knn_top1"] for r in members]
+        out.append(
+            {
+                "impl": impl,
+                "method": method,
+                "seeds": sorted(r["seed"] for r in members),
+                "knn": statistics.mean(knn),
+                "knn_spread": max(knn) - min(knn),
+                "gain": _mean([_gain(r) for r in members]),
+                "linear": _mean([r.get("linear_top1") for r in members]),
+                "linear_seeds": sorted(r["seed"] for r in members if r.get("linear_top1")),
+            }
+        )
+    reference = {g["method"]: g["knn"] for g in out if g["impl"] == "torch"}
+    for g in out:
+        if g["impl"] != "torch":
+            ref = reference.get(g["method"])
+            g["knn_diff"] = None if ref is None else g["knn"] - ref
+    return out
 
 
 def main(argv=None) -> None:
@@ -94,35 +156,33 @@ def main(argv=None) -> None:
     rows = [ssljax_row(d) for d in sorted(fid.iterdir()) if d.is_dir()]
     rows += [torch_row(p) for p in sorted(fid.glob("torch.*.json"))]
     print(
-        f"{'impl':<22}{'method':<14}{'seed':>5}{'kNN init':>10}{'kNN end':>10}{'gain':>8}"
-        f"{'img/s':>9}"
+        f"{'impl':<16}{'method':<14}{'seed':>5}{'kNN init':>10}{'kNN end':>10}{'gain':>8}"
+        f"{'linear':>9}{'monitor min/end':>17}{'img/s':>7}"
     )
     for r in rows:
-
-        def pct(x):
-            return "" if x is None else f"{100 * x:.2f}"
-
         init = r.get("knn_top1_init_calibrated") or r.get("knn_top1_init")
         ips = r.get("images_per_sec_overall") or r.get("images_per_sec")
+        monitor = f"{r['monitor_min']:.2f} / {r['monitor_end']:.2f}" if "monitor_min" in r else ""
         print(
-            f"{r['impl']:<22}{r['method']:<14}{r['seed']:>5}{pct(init):>10}"
-            f"{pct(r.get('knn_top1')):>10}{pct(_gain(r)):>8}"
-            f"{'' if ips is None else f'{ips:.0f}':>9}"
+            f"{r['impl']:<16}{r['method']:<14}{r['seed']:>5}{_pct(init):>10}"
+            f"{_pct(r.get('knn_top1')):>10}{_pct(_gain(r)):>8}{_pct(r.get('linear_top1')):>9}"
+            f"{monitor:>17}{'' if ips is None else f'{ips:.0f}':>7}"
         )
-    groups: dict[tuple[str, str], list[float]] = {}
-    for r in rows:
-        if r.get("knn_top1") is not None:
-            groups.setdefault((r["impl"], r["method"]), []).append(r["knn_top1"])
-    means = {k: statistics.mean(v) for k, v in groups.items()}
-    print("\nmean kNN over seeds (ssljax - torch):")
-    for (impl, method), mean in sorted(means.items()):
-        ref = means.get(("torch", method))
-        diff = "" if impl == "torch" or ref is None else f"  diff {100 * (mean - ref):+.2f}"
+    summary = summarize(rows)
+    print("\nmeans over seeds (spread: max - min over seeds; diff: ssljax - torch means):")
+    for g in summary:
+        diff = "" if g.get("knn_diff") is None else f"  kNN diff {100 * g['knn_diff']:+.2f}"
+        linear = (
+            ""
+            if g.get("linear") is None
+            else f", linear {_pct(g['linear'])}% (seeds {g['linear_seeds']})"
+        )
         print(
-            f"  {impl:<22}{method:<14}{100 * mean:6.2f}% over {len(groups[(impl, method)])}"
-            f" seed(s){diff}"
+            f"  {g['impl']:<16}{g['method']:<14}kNN {_pct(g['knn'])}% "
+            f"(spread {_pct(g['knn_spread'])}, gain {_pct(g['gain'])}){linear}"
+            f" over seeds {g['seeds']}{diff}"
         )
-    pathlib.Path(args.out).write_text(json.dumps({"rows": rows}, indent=1) + "\n")
+    pathlib.Path(args.out).write_text(json.dumps({"rows": rows, "means": summary}, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,51 @@
+"""benchmarks/collect_fidelity.py: the ssljax-against-reference table from run folders."""
+
+import json
+
+import collect_fidelity
+import pytest
+
+
+def _ssljax_run(root, name, *, init, end, monitor, linear=None):
+    d = root / name
+    d.mkdir()
+    (d / "summary.json").write_text(json.dumps({"knn_top1_init": init, "knn_top1": end}))
+    rows = [{"step": 0, "knn_top1": init}]
+    rows += [{"step": i + 1, "loss": 1.0, "proj_std_x_sqrt_d": m} for i, m in enumerate(monitor)]
+    (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    if linear is not None:
+        (d / "eval_linear.json").write_text(json.dumps({"linear_top1": linear}))
+
+
+def _torch_run(root, name, *, init, end, monitor, linear):
+    curve = {"step": list(range(1, len(monitor) + 1)), "proj_std_x_sqrt_d": monitor}
+    result = {"knn_top1_init": init, "knn_top1": end, "linear_top1": linear, "curve": curve}
+    (root / f"{name}.json").write_text(json.dumps(result))
+
+
+def test_means_spread_monitor_and_difference_to_the_reference(tmp_path, capsys):
+    _ssljax_run(tmp_path, "ssljax.byol.s0", init=0.27, end=0.35, monitor=[0.8, 0.6, 0.7])
+    _ssljax_run(
+        tmp_path, "ssljax.byol.s1", init=0.28, end=0.33, monitor=[0.9, 0.5, 0.8], linear=0.38
+    )
+    _ssljax_run(tmp_path, "frozen.byol.s0", init=0.27, end=0.30, monitor=[0.9])
+    _torch_run(tmp_path, "torch.byol.s0", init=0.26, end=0.36, monitor=[0.7, 0.9], linear=0.37)
+    _torch_run(tmp_path, "torch.byol.s1", init=0.25, end=0.34, monitor=[0.6, 0.8], linear=0.35)
+    out = tmp_path / "fid.json"
+    collect_fidelity.main([str(tmp_path), "--out", str(out)])
+    data = json.loads(out.read_text())
+    rows = {(r["impl"], r["seed"]): r for r in data["rows"]}
+    assert rows[("ssljax", 1)]["monitor_min"] == 0.5 and rows[("ssljax", 1)]["monitor_end"] == 0.8
+    assert rows[("ssljax", 1)]["linear_top1"] == 0.38 and "linear_top1" not in rows[("ssljax", 0)]
+    assert rows[("torch", 0)]["monitor_min"] == 0.7 and rows[("torch", 0)]["monitor_end"] == 0.9
+    means = {g["impl"]: g for g in data["means"]}
+    assert means["ssljax"]["knn"] == pytest.approx(0.34)
+    assert means["ssljax"]["knn_spread"] == pytest.approx(0.02)
+    assert means["ssljax"]["gain"] == pytest.approx((0.08 + 0.05) / 2)
+    assert means["ssljax"]["linear"] == pytest.approx(0.38)
+    assert means["ssljax"]["linear_seeds"] == [1]
+    assert means["torch"]["knn"] == pytest.approx(0.35) and "knn_diff" not in means["torch"]
+    assert means["ssljax"]["knn_diff"] == pytest.approx(-0.01)
+    assert means["ssljax:frozen"]["knn_diff"] == pytest.approx(0.30 - 0.35)
+    printed = capsys.readouterr().out
+    assert "kNN diff -1.00" in printed and "0.50 / 0.80" in printed
