@@ -1,6 +1,6 @@
 """Collects the equal-budget runs of ``benchmarks/gpu_session.sh`` into one table and JSON.
 
-    python benchmarks/collect_fidelity.py WORKDIR/fid --out fidelity.json
+    python benchmarks/collect_fidelity.py WORKDIR/fid --out fidelity.json [--plot curves.png]
 
 ``WORKDIR/fid`` holds ssljax workdirs named ``ssljax.<method>.s<seed>`` (and variant rows
 ``<kind>.<name>.s<seed>``, e.g. ``frozen.byol.s0``), each with ``summary.json``,
@@ -147,10 +147,68 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def _smoothed(curve: list, window: int) -> tuple[list, list]:
+    """Steps and the running mean over the last ``window`` logged values (both sides alike)."""
+    steps, values = [], []
+    for i in range(len(curve)):
+        part = [v for _, v in curve[max(0, i - window + 1) : i + 1]]
+        steps.append(curve[i][0])
+        values.append(sum(part) / len(part))
+    return steps, values
+
+
+def _curve(row: dict[str, Any], key: str) -> list:
+    """``[[step, value], ...]`` of ``key`` for either implementation's row."""
+    if row["impl"] == "torch":
+        c = row.get("curve") or {}
+        pairs = zip(c.get("step", []), c.get(key, []), strict=False)
+        return [[s, v] for s, v in pairs if _finite(v) is not None]
+    return row.get("curves", {}).get(key, [])
+
+
+def plot(rows: list[dict[str, Any]], out: str, *, title: str = "", window: int = 20) -> None:
+    """One column per method: loss (top) and collapse monitor (bottom) of every run.
+
+    ssljax's runs are solid lines, the reference's dashed, one colour per seed; each curve is
+    a running mean over ``window`` logged steps.
+    """
+    from matplotlib.figure import Figure
+
+    methods = sorted({r["method"] for r in rows if _curve(r, "loss")})
+    if not methods:
+        raise SystemExit("no run has a loss curve to plot")
+    fig = Figure(figsize=(3.2 * len(methods) + 0.6, 5.6), layout="constrained")
+    axes = fig.subplots(2, len(methods), squeeze=False)
+    if title:
+        fig.suptitle(title)
+    for col, method in enumerate(methods):
+        for r in rows:
+            if r["method"] != method or r["impl"] not in ("ssljax", "torch"):
+                continue
+            style = {"linestyle": "-" if r["impl"] == "ssljax" else "--", "linewidth": 1.0}
+            style["color"] = f"C{r['seed']}"
+            label = f"{r['impl']} s{r['seed']}"
+            for ax, key in ((axes[0][col], "loss"), (axes[1][col], MONITOR)):
+                curve = _curve(r, key)
+                if curve:
+                    ax.plot(*_smoothed(curve, window), label=label, **style)
+        axes[0][col].set_title(method)
+        axes[1][col].set_ylim(0.0, 1.05)
+        axes[1][col].set_xlabel("step")
+        for ax in axes[:, col]:
+            ax.grid(alpha=0.3)
+        axes[0][col].legend(fontsize="small")
+    axes[0][0].set_ylabel(f"loss (running mean of {window})")
+    axes[1][0].set_ylabel("proj_std x sqrt(d)")
+    fig.savefig(out, dpi=80)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("fid_dir")
     parser.add_argument("--out", required=True)
+    parser.add_argument("--plot", help="also draw the loss and monitor curves to this PNG")
+    parser.add_argument("--title", default="", help="the plot's title")
     args = parser.parse_args(argv)
     fid = pathlib.Path(args.fid_dir)
     rows = [ssljax_row(d) for d in sorted(fid.iterdir()) if d.is_dir()]
@@ -183,6 +241,9 @@ def main(argv=None) -> None:
             f" over seeds {g['seeds']}{diff}"
         )
     pathlib.Path(args.out).write_text(json.dumps({"rows": rows, "means": summary}, indent=1) + "\n")
+    if args.plot:
+        plot(rows, args.plot, title=args.title)
+        print(f"wrote {args.plot}")
 
 
 if __name__ == "__main__":

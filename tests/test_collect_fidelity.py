@@ -18,7 +18,8 @@ def _ssljax_run(root, name, *, init, end, monitor, linear=None):
 
 
 def _torch_run(root, name, *, init, end, monitor, linear):
-    curve = {"step": list(range(1, len(monitor) + 1)), "proj_std_x_sqrt_d": monitor}
+    steps = list(range(1, len(monitor) + 1))
+    curve = {"step": steps, "loss": [2.0] * len(steps), "proj_std_x_sqrt_d": monitor}
     result = {"knn_top1_init": init, "knn_top1": end, "linear_top1": linear, "curve": curve}
     (root / f"{name}.json").write_text(json.dumps(result))
 
@@ -31,8 +32,9 @@ def test_means_spread_monitor_and_difference_to_the_reference(tmp_path, capsys):
     _ssljax_run(tmp_path, "frozen.byol.s0", init=0.27, end=0.30, monitor=[0.9])
     _torch_run(tmp_path, "torch.byol.s0", init=0.26, end=0.36, monitor=[0.7, 0.9], linear=0.37)
     _torch_run(tmp_path, "torch.byol.s1", init=0.25, end=0.34, monitor=[0.6, 0.8], linear=0.35)
-    out = tmp_path / "fid.json"
-    collect_fidelity.main([str(tmp_path), "--out", str(out)])
+    out, png = tmp_path / "fid.json", tmp_path / "curves.png"
+    collect_fidelity.main([str(tmp_path), "--out", str(out), "--plot", str(png)])
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     data = json.loads(out.read_text())
     rows = {(r["impl"], r["seed"]): r for r in data["rows"]}
     assert rows[("ssljax", 1)]["monitor_min"] == 0.5 and rows[("ssljax", 1)]["monitor_end"] == 0.8
