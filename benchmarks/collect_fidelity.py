@@ -21,6 +21,8 @@ import pathlib
 import statistics
 from typing import Any
 
+from ssljax.metric_writers import read_curves
+
 CURVES = ("loss", "proj_std", "proj_std_x_sqrt_d", "feature_rankme", "input_wait_share")
 MONITOR = "proj_std_x_sqrt_d"  # 1 healthy, 0 collapsed (ssljax.diagnostics.normalized_std)
 
@@ -55,15 +57,10 @@ def ssljax_row(workdir: pathlib.Path) -> dict[str, Any]:
         ):
             if key in s:
                 row[key] = _finite(s[key])
-    curves: dict[str, list] = {k: [] for k in CURVES}
     metrics = workdir / "metrics.jsonl"
-    if metrics.exists():
-        for line in metrics.read_text().splitlines():
-            r = json.loads(line)
-            for k in CURVES:
-                if _finite(r.get(k)) is not None:
-                    curves[k].append([r["step"], round(float(r[k]), 5)])
-    row["curves"] = {k: v for k, v in curves.items() if v}
+    # ssljax's one reader of metrics.jsonl (a resumed run's repeated steps: the later wins).
+    curves = read_curves(metrics) if metrics.exists() else {}
+    row["curves"] = {k: [[s, round(v, 5)] for s, v in curves[k]] for k in CURVES if k in curves}
     linear = workdir / "eval_linear.json"
     if linear.exists():
         row["linear_top1"] = _finite(json.loads(linear.read_text()).get("linear_top1"))
