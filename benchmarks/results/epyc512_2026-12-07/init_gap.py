@@ -6,6 +6,11 @@ initial network (``train.init_state``, PRNGKey(0)) and the reference's (``torch.
 prints the per-tensor statistics of both backbones, then with ``--knn`` measures both with the
 reference's own code (``benchmarks/torch_reference.py``: kNN as initialised and after 50
 training batches in train mode). Its output is ``init_gap.txt`` beside it.
+
+``--seeds=0,1,2`` (added in the next session, 2026-12-07b) repeats the draw for each seed (ssljax
+``PRNGKey(s)``, reference ``torch.manual_seed(s)``) and measures only the BN-calibrated kNN, so
+that the gap can be told from the spread of independent draws; without it the script does what
+produced ``init_gap.txt``.
 """
 
 import os
@@ -29,6 +34,8 @@ ROOT = pathlib.Path(os.environ.get("CIFAR_ROOT", "/work/fid/table/cifar10"))
 
 def main() -> None:
     torch.set_num_threads(1)
+    seed_arg = [a for a in sys.argv if a.startswith("--seeds=")]
+    seeds = [int(s) for s in seed_arg[0].split("=", 1)[1].split(",")] if seed_arg else [0]
     config = tr.load_config("configs/byol.py:cifar10_cpu", ["global_batch=64"])
     info = types.SimpleNamespace(
         name="x",
@@ -40,17 +47,24 @@ def main() -> None:
         class_names=None,
     )
     comps = train.build_components(config, info, num_train_examples=50000)
-    state = train.init_state(comps, config, jax.random.PRNGKey(0))
-    sd = tr.state_dict_from_ssljax(jax.device_get(state.params), jax.device_get(state.batch_stats))
-    torch.manual_seed(0)
-    online_t, _, _ = ys.build_torch_modules(config, 10)
-    online_j, _, _ = ys.build_torch_modules(config, 10)
-    online_j.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in sd.items()})
-    tsd = online_t.state_dict()
+
+    def draw(seed: int):
+        """The two initial networks of ``seed`` as torch modules: (ssljax's, the reference's)."""
+        state = train.init_state(comps, config, jax.random.PRNGKey(seed))
+        params, stats = jax.device_get(state.params), jax.device_get(state.batch_stats)
+        sd = tr.state_dict_from_ssljax(params, stats)
+        torch.manual_seed(seed)
+        online_t, _, _ = ys.build_torch_modules(config, 10)
+        online_j, _, _ = ys.build_torch_modules(config, 10)
+        online_j.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in sd.items()})
+        return online_j, online_t
+
+    online_j, online_t = draw(seeds[0])
+    sd, tsd = online_j.state_dict(), online_t.state_dict()
     print(f"{'tensor':<45}{'ssljax std':>12}{'torch std':>12}")
     for k, v in sd.items():
         if k.startswith("backbone") and k.endswith("conv1.weight"):
-            print(f"{k:<45}{np.std(v):12.4f}{tsd[k].float().numpy().std():12.4f}")
+            print(f"{k:<45}{v.float().numpy().std():12.4f}{tsd[k].float().numpy().std():12.4f}")
     if "--knn" not in sys.argv:
         return
     tri, trl = tr.load_split(ROOT, "train", 1)
@@ -67,12 +81,25 @@ def main() -> None:
         f = [tr.extract_features(backbone, x, mean, std, dev, fmt) for x in (tri, tei)]
         return tr.knn_top1(f[0], ytr, f[1], yte, k=200, temperature=0.07, num_classes=10)
 
-    for name, net in (("ssljax init", online_j), ("torch init", online_t)):
+    def calibrated(net) -> float:
         torch.manual_seed(1)
         batches = tr.endless(tr.make_loader(ds, 64, workers=0, seed=1, pin=False))
-        raw = knn(net["backbone"])
-        cal = knn(tr.calibrated_backbone(net["backbone"], batches, 50, dev, fmt))
-        print(f"{name}: kNN as initialised {100 * raw:.2f}%, BN-calibrated {100 * cal:.2f}%")
+        return knn(tr.calibrated_backbone(net["backbone"], batches, 50, dev, fmt))
+
+    if not seed_arg:
+        for name, net in (("ssljax init", online_j), ("torch init", online_t)):
+            raw = knn(net["backbone"])
+            cal = calibrated(net)
+            print(f"{name}: kNN as initialised {100 * raw:.2f}%, BN-calibrated {100 * cal:.2f}%")
+        return
+    results = {"ssljax": [], "torch": []}
+    for seed in seeds:
+        online_j, online_t = draw(seed)
+        for name, net in (("ssljax", online_j), ("torch", online_t)):
+            results[name].append(100 * calibrated(net))
+            print(f"seed {seed} {name} init: calibrated kNN {results[name][-1]:.2f}%", flush=True)
+    for name, values in results.items():
+        print(f"{name}: mean {np.mean(values):.2f}%, std {np.std(values, ddof=1):.2f} over {seeds}")
 
 
 if __name__ == "__main__":
