@@ -210,8 +210,9 @@ def main(argv=None) -> None:
     fid = pathlib.Path(args.fid_dir)
     rows = [ssljax_row(d) for d in sorted(fid.iterdir()) if d.is_dir()]
     rows += [torch_row(p) for p in sorted(fid.glob("torch.*.json"))]
+    w = max([14] + [len(r["method"]) + 2 for r in rows])  # the method column fits its names
     print(
-        f"{'impl':<16}{'method':<14}{'seed':>5}{'kNN init':>10}{'kNN end':>10}{'gain':>8}"
+        f"{'impl':<16}{'method':<{w}}{'seed':>5}{'kNN init':>10}{'kNN end':>10}{'gain':>8}"
         f"{'linear':>9}{'monitor min/end':>17}{'img/s':>7}"
     )
     for r in rows:
@@ -219,7 +220,7 @@ def main(argv=None) -> None:
         ips = r.get("images_per_sec_overall") or r.get("images_per_sec")
         monitor = f"{r['monitor_min']:.2f} / {r['monitor_end']:.2f}" if "monitor_min" in r else ""
         print(
-            f"{r['impl']:<16}{r['method']:<14}{r['seed']:>5}{_pct(init):>10}"
+            f"{r['impl']:<16}{r['method']:<{w}}{r['seed']:>5}{_pct(init):>10}"
             f"{_pct(r.get('knn_top1')):>10}{_pct(_gain(r)):>8}{_pct(r.get('linear_top1')):>9}"
             f"{monitor:>17}{'' if ips is None else f'{ips:.0f}':>7}"
         )
@@ -233,7 +234,7 @@ def main(argv=None) -> None:
             else f", linear {_pct(g['linear'])}% (seeds {g['linear_seeds']})"
         )
         print(
-            f"  {g['impl']:<16}{g['method']:<14}kNN {_pct(g['knn'])}% "
+            f"  {g['impl']:<16}{g['method']:<{w}}kNN {_pct(g['knn'])}% "
             f"(spread {_pct(g['knn_spread'])}, gain {_pct(g['gain'])}){linear}"
             f" over seeds {g['seeds']}{diff}"
         )

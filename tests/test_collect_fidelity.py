@@ -51,3 +51,14 @@ def test_means_spread_monitor_and_difference_to_the_reference(tmp_path, capsys):
     assert means["ssljax:frozen"]["knn_diff"] == pytest.approx(0.30 - 0.35)
     printed = capsys.readouterr().out
     assert "kNN diff -1.00" in printed and "0.50 / 0.80" in printed
+
+
+def test_long_method_names_keep_the_columns_apart(tmp_path, capsys):
+    name = "simsiam_b64_4ep_long"
+    _ssljax_run(tmp_path, f"ssljax.{name}.s0", init=0.3, end=0.4, monitor=[0.9])
+    _torch_run(tmp_path, f"torch.{name}.s0", init=0.3, end=0.41, monitor=[0.9], linear=0.4)
+    collect_fidelity.main([str(tmp_path), "--out", str(tmp_path / "fid.json")])
+    printed = capsys.readouterr().out.splitlines()
+    row = next(line for line in printed if line.startswith("ssljax") and name in line)
+    assert f"{name}  " in row  # at least two spaces between the name and the seed column
+    assert f"  {name}  kNN 40.00%" in "\n".join(printed)
