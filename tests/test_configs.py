@@ -1,6 +1,9 @@
 """Every config file and preset loads and passes the start-up checks; the CPU-budget presets."""
 
+import ast
 import pathlib
+import re
+import shlex
 
 import jax
 import numpy as np
@@ -417,3 +420,54 @@ def test_a_misspelt_method_config_field_is_refused_at_start_up(name):
     c.method_config.not_a_field = 1.0
     with pytest.raises(ValueError, match=r"config\.method_config: .*not_a_field.*valid"):
         config_schema.validate(c, num_devices=1)
+
+
+def _short_budget_recipes() -> list[tuple[str, str]]:
+    """(method, overrides) of configs/RECIPES.md's short-budget recipes, as a user pastes them.
+
+    The table rows ``| BYOL | `--config...` |`` and the DINO candidate's
+    ``configs/dino.py:cifar10_cpu` with `--config...``.
+    """
+    text = (REPO / "configs" / "RECIPES.md").read_text()
+    section = text.split("## Short-budget recipes", 1)[1].split("\n## ", 1)[0]
+    names = {m.replace("_", " ").lower(): m for m in CONFIGS}
+    recipes = [
+        (names[name.lower()], overrides)
+        for name, overrides in re.findall(
+            r"^\| (\w[\w ]*) \| `(--config\.[^`]*)` \|", section, re.M
+        )
+    ]
+    recipes += re.findall(r"`configs/(\w+)\.py:cifar10_cpu` with `(--config\.[^`]*)`", section)
+    return recipes
+
+
+def test_recipes_md_lists_the_short_budget_recipes():
+    # The parser below must keep finding them: a reworded table would silently test nothing.
+    assert {m for m, _ in _short_budget_recipes()} == {"byol", "simsiam", "dino"}
+
+
+@pytest.mark.parametrize("method,overrides", _short_budget_recipes())
+def test_short_budget_recipes_apply_as_pasted(method, overrides):
+    # The overrides go through the same absl flag parser as `python -m ssljax.main`: a renamed
+    # field or a value of the wrong type fails here, not in a user's 30-minute run.
+    from absl import flags
+    from ml_collections import config_flags
+
+    argv = shlex.split(overrides)
+    command = ["main", f"--config={REPO / 'configs' / method}.py:cifar10_cpu", *argv]
+    flag_values = flags.FlagValues()
+    # sys_argv: the override flags are declared from the command line the flag is defined with.
+    config_flags.DEFINE_config_file("config", None, flag_values=flag_values, sys_argv=command)
+    flag_values(command)
+    config = flag_values.config
+    config_schema.validate(config, num_devices=2)
+    for arg in argv:
+        key, value = arg.removeprefix("--config.").split("=", 1)
+        got = config
+        for part in key.split("."):
+            got = got[part]
+        try:
+            expected = ast.literal_eval(value)
+        except ValueError:  # a bare word: a string field (e.g. optimizer.name=adamw)
+            expected = value
+        assert got == expected, (key, got, value)
