@@ -8,6 +8,13 @@
 # git, both inside the repository so that they travel with it). It also runs on a CPU host as a
 # dry run (DRY=1 shrinks every phase to a few steps).
 #
+# Before a device call, here: `python benchmarks/gpu_carry.py` fills .whl/ (the 14 packages of
+# ssljax's runtime closure that the host's image lacks, as CPython 3.12 wheels) and .gpudata/
+# (CIFAR-10), about 29 MiB, and prints the carry list. Issue 23's BYOL run, one call with
+# carry [".whl", ".gpudata"] and timeout_s 600:
+#   DEADLINE=570 E2E_EPOCHS=auto E2E_TIMEOUT=600 bash benchmarks/gpu_session.sh $OUT/s setup,e2e
+# (setup takes ~30 s; e2e trains as many epochs as fit, then the kNN; see the e2e phase).
+#
 # Phases, in this order (the most important first, each bounded by what is left of DEADLINE):
 #   setup     install .whl/*.whl into /tmp/site, unpack CIFAR-10, `prepare` it (image_folder).
 #   fidelity  the equal-budget runs: each method's cifar10_cpu preset at FID_EPOCHS epochs in
@@ -133,19 +140,48 @@ ${small[*]} >$WORK/fid/variant.$vname.s$s.log 2>&1" >>"$jobs"
 fi
 
 # --- e2e: the preset's job at its defaults. ------------------------------------------------------------
+# E2E_EPOCHS=auto (issue 23's "as many epochs as fit"): the epochs that fit in the time left, at
+# E2E_RATE images/s (default: the H200's measured 12,700 for the float32 preset, 9,000 on another
+# GPU), less E2E_RESERVE seconds (start-up and compilation) and E2E_KNN_S seconds kept for a kNN
+# on a checkpoint; at most E2E_MAX_EPOCHS. If the limit cuts the run anyway it gets SIGTERM,
+# checkpoints (ssljax.preemption) and exits; the kNN is then measured on that checkpoint with
+# `python -m ssljax.evaluate --protocol=knn` in the time kept: a figure comes back either way,
+# with the step it reached. E2E_EXTRA: more flags (e.g. --config.model.dtype=bfloat16).
 if has e2e; then
   epochs=${E2E_EPOCHS:-40}; extra=()
   [ "$DRY" = 1 ] && extra=(--config.num_steps=3 --config.knn.at_end=False)
-  say "e2e: byol cifar10 at its defaults, $epochs epochs"
+  limit=$(budget "${E2E_TIMEOUT:-300}")
+  if [ "$epochs" = auto ]; then
+    limit=$(( limit - ${E2E_KNN_S:-60} )); (( limit < 1 )) && limit=1
+    gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
+    default_rate=9000; [[ "$gpu" == *H200* ]] && default_rate=12700
+    epochs=$($PY -c "print(max(1, min(${E2E_MAX_EPOCHS:-200}, \
+int(($limit - ${E2E_RESERVE:-45}) * ${E2E_RATE:-$default_rate} / 50000))))")
+    say "e2e: $epochs epochs fit in ${limit}s at ${E2E_RATE:-$default_rate} img/s (${gpu:-no GPU})"
+  fi
+  warmup=${E2E_WARMUP:-$($PY -c "print(min(10.0, $epochs / 10))")}
+  say "e2e: byol cifar10 at its defaults, $epochs epochs (warm-up $warmup) ${E2E_EXTRA:-}"
   rm -rf "$WORK/e2e_byol"
-  timeout "$(budget "${E2E_TIMEOUT:-300}")" $PY -m ssljax.main --config=configs/byol.py:cifar10 \
+  # SIGTERM first (the run checkpoints and exits 0), SIGKILL 30 s later.
+  timeout -s TERM -k 30 "$limit" $PY -m ssljax.main --config=configs/byol.py:cifar10 \
     --workdir="$WORK/e2e_byol" "${DATA_FLAGS[@]}" --config.num_epochs="$epochs" \
-    --config.warmup_epochs="${E2E_WARMUP:-2}" --config.knn.every_epochs=0 "${extra[@]}" \
+    --config.warmup_epochs="$warmup" --config.knn.every_epochs=0 ${E2E_EXTRA:-} "${extra[@]}" \
     >"$OUT/e2e_byol.log" 2>&1
   say "e2e ended with status $?"
   cp "$WORK/e2e_byol/metrics.jsonl" "$OUT/e2e_metrics.jsonl" 2>/dev/null
   cp "$WORK/e2e_byol/summary.json" "$OUT/e2e_summary.json" 2>/dev/null
-  grep -E "img/s|kNN|Finished" "$OUT/e2e_byol.log" | tail -4
+  if ! grep -q '"knn_top1"' "$OUT/e2e_summary.json" 2>/dev/null && [ "$DRY" != 1 ] \
+    && [ -d "$WORK/e2e_byol/checkpoints" ]; then
+    say "e2e: no kNN at the end (cut by the limit); kNN on its last checkpoint"
+    timeout "$(budget 300)" $PY -m ssljax.evaluate --workdir="$WORK/e2e_byol" --protocol=knn \
+      >"$OUT/e2e_knn.log" 2>&1
+    say "e2e kNN ended with status $?"
+    cp "$WORK/e2e_byol/eval_knn.json" "$OUT/e2e_eval_knn.json" 2>/dev/null
+    $PY -c "import json; d = json.load(open('$OUT/e2e_eval_knn.json')); \
+print(f\"e2e kNN top-1 (k=200) at step {d['step']}: {100 * d['knn_top1_k200']:.2f}%\")" \
+      2>/dev/null | tee -a "$LOG"
+  fi
+  grep -E "img/s|kNN|Finished|Preempt" "$OUT/e2e_byol.log" | tail -4
 fi
 
 # --- step: the bare train step (what the end-to-end run should reach). ------------------------------
