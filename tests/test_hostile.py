@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+import raw_checkpoint
 from PIL import Image
 
 from ssljax import checkpointing, config_schema, metric_writers, preemption, train
@@ -315,7 +316,7 @@ def test_item3_a_run_ending_on_non_finite_steps_fails_and_saves_nothing_non_fini
     ckpts = [p for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()]
     assert ckpts, "the checkpoints of steps 2 and 4 hold the last finite state"
     for p in ckpts:
-        restored = ocp.PyTreeCheckpointer().restore(p / "state")
+        restored = raw_checkpoint.read_state(p / "state")
         for leaf in jax.tree.leaves(restored["params"]):
             assert np.isfinite(leaf).all(), p
     rows = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]

@@ -19,8 +19,8 @@ import time
 import _timing
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
+import raw_checkpoint
 
 from ssljax import config_schema, train
 
@@ -100,7 +100,7 @@ def _start_and_signal(workdir, data_dir, env, sig, after_step: int) -> subproces
 
 def _final_params(workdir: pathlib.Path) -> dict[str, np.ndarray]:
     step = _complete_steps(workdir)[-1]
-    restored = ocp.PyTreeCheckpointer().restore(workdir / "checkpoints" / str(step) / "state")
+    restored = raw_checkpoint.read_state(workdir / "checkpoints" / str(step) / "state")
     keys = ("params", "method_state", "opt_state", "probe_params", "batch_stats")
     leaves = jax.tree_util.tree_flatten_with_path({k: restored[k] for k in keys})[0]
     return step, {jax.tree_util.keystr(path): np.asarray(leaf) for path, leaf in leaves}
