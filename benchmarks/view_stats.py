@@ -1,0 +1,187 @@
+"""Do ssljax's views and the PyTorch reference's views follow the same distribution?
+
+    python benchmarks/view_stats.py --config configs/simsiam.py:cifar10_cpu --root CIFAR_FOLDER
+    python benchmarks/view_stats.py ... --zero jitter_prob,grayscale_prob,blur_prob  # crops only
+
+The equal-budget comparison (issue 23) wants the two implementations to differ only in their
+random streams. ``tests/test_torch_reference.py`` checks each operation of the two pipelines
+against the other on fixed parameters; this script checks the composition and the random
+draws: the same ``--images`` training images go through ``ssljax.augment.build_augment`` (the
+train step's on-device pipeline) and through ``benchmarks/torch_reference.ViewTransform`` (the
+reference's DataLoader pipeline), two views each, ``--repeats`` times with fresh randomness;
+statistics of the views are averaged per repeat and compared: the mean over repeats on each
+side, its spread, the difference and the difference in standard errors (z). A mechanism that
+differs (a probability, a factor range, an order, a clip) moves a statistic by many standard
+errors; the random streams alone leave |z| at about 1.
+
+Statistics (views mapped back to [0, 1]): pixel mean and std; per-image std; saturation
+(max - min over channels); the share of grey views; high-frequency energy (squared differences
+of neighbouring pixels: blur and upsampling lower it); and between the two views of an image,
+the mean squared distance and the cosine similarity of the normalised views (how different
+the pair the loss sees is).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import random
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import torch_reference  # noqa: E402 -- the reference's pipeline, beside this script
+
+# Both sides normalise with the same constants; the statistics are taken after undoing it.
+MEAN = (0.4914, 0.4822, 0.4465)
+STD = (0.2470, 0.2435, 0.2616)
+
+
+def view_statistics(v1: np.ndarray, v2: np.ndarray) -> dict[str, float]:
+    """Statistics of two batches of normalised views ``[N, S, S, 3]`` of the same N images.
+
+    Args:
+      v1: first views, normalised with ``MEAN``/``STD``.
+      v2: second views of the same images, in the same order.
+
+    Returns:
+      ``{name: value}``, each averaged over the images (see the module docstring).
+    """
+    n = len(v1)
+    a, b = v1.reshape(n, -1), v2.reshape(n, -1)
+    cos = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
+    x = np.concatenate([v1, v2]) * np.asarray(STD) + np.asarray(MEAN)
+    sat = x.max(-1) - x.min(-1)
+    high_freq = (np.diff(x, axis=1) ** 2).mean(axis=(1, 2, 3)) + (np.diff(x, axis=2) ** 2).mean(
+        axis=(1, 2, 3)
+    )
+    return {
+        "pixel_mean": float(x.mean()),
+        "pixel_std": float(x.std()),
+        "image_std": float(x.std(axis=(1, 2, 3)).mean()),
+        "saturation": float(sat.mean()),
+        "grey_share": float((sat.max(axis=(1, 2)) < 1e-3).mean()),
+        "high_freq": float(high_freq.mean()),
+        "pair_sq_distance": float(((v1 - v2) ** 2).mean()),
+        "pair_cosine": float(cos.mean()),
+    }
+
+
+def ssljax_views(views: list[dict], images: np.ndarray, seed: int) -> tuple[np.ndarray, ...]:
+    """Two views of every image through ``ssljax.augment.build_augment`` (jitted)."""
+    import jax
+
+    from ssljax import augment
+
+    size = images.shape[1]
+    fn = jax.jit(augment.build_augment(views, output_size=size, mean=MEAN, std=STD))
+    return tuple(np.asarray(v) for v in fn(jax.random.PRNGKey(seed), images))
+
+
+def torch_views(views: list[dict], images: np.ndarray, seed: int) -> tuple[np.ndarray, ...]:
+    """Two views of every image through the reference's ``ViewTransform``, one image at a time."""
+    import torch
+
+    torch.manual_seed(seed)
+    transforms = [torch_reference.ViewTransform(v, images.shape[1], MEAN, STD) for v in views]
+    out: list[list[np.ndarray]] = [[] for _ in transforms]
+    for image in images:
+        x = torch.from_numpy(image).permute(2, 0, 1).float().div_(255.0)
+        for views_of, t in zip(out, transforms, strict=True):
+            views_of.append(t(x).permute(1, 2, 0).numpy())
+    return tuple(np.stack(v) for v in out)
+
+
+def compare(views: list[dict], images: np.ndarray, repeats: int) -> dict[str, dict[str, float]]:
+    """Per statistic: each side's mean and spread over ``repeats``, the difference and its z.
+
+    Args:
+      views: the two view configs (dicts of ``ssljax.augment`` view fields).
+      images: uint8 ``[N, S, S, 3]``.
+      repeats: independent draws per side (seeds 0..repeats-1 on each side's own generator).
+
+    Returns:
+      ``{statistic: {"ssljax", "ssljax_sd", "torch", "torch_sd", "diff", "z"}}``.
+    """
+    runs: dict[str, list[dict[str, float]]] = {"ssljax": [], "torch": []}
+    for r in range(repeats):
+        runs["ssljax"].append(view_statistics(*ssljax_views(views, images, r)))
+        runs["torch"].append(view_statistics(*torch_views(views, images, r)))
+        print(f"repeat {r + 1}/{repeats} done", file=sys.stderr)
+    table = {}
+    for name in runs["ssljax"][0]:
+        s = np.array([d[name] for d in runs["ssljax"]])
+        t = np.array([d[name] for d in runs["torch"]])
+        se = np.sqrt((s.var(ddof=1) + t.var(ddof=1)) / repeats) if repeats > 1 else float("nan")
+        diff = float(s.mean() - t.mean())
+        table[name] = {
+            "ssljax": float(s.mean()),
+            "ssljax_sd": float(s.std(ddof=1)) if repeats > 1 else float("nan"),
+            "torch": float(t.mean()),
+            "torch_sd": float(t.std(ddof=1)) if repeats > 1 else float("nan"),
+            "diff": diff,
+            "z": diff / se if se > 0 else (0.0 if diff == 0 else float("inf")),
+        }
+    return table
+
+
+def load_images(root: pathlib.Path, count: int, seed: int = 0) -> np.ndarray:
+    """``count`` training images of an image folder (``root/train/<class>/*.jpg``), shuffled.
+
+    Raises:
+      SystemExit: ``root/train`` holds no JPEG or PNG image.
+    """
+    from PIL import Image
+
+    files = sorted(p for ext in ("*.jpg", "*.jpeg", "*.png") for p in (root / "train").rglob(ext))
+    if not files:
+        sys.exit(f"no images under {root / 'train'}: give --root the CIFAR-10 image folder")
+    random.Random(seed).shuffle(files)
+    return np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files[:count]])
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", default="configs/simsiam.py:cifar10_cpu")
+    parser.add_argument("--root", required=True, help="image folder with train/<class>/*.jpg")
+    parser.add_argument("--images", type=int, default=2048)
+    parser.add_argument("--repeats", type=int, default=8)
+    parser.add_argument(
+        "--zero", default="", help="view fields set to 0 on both sides, e.g. jitter_prob,blur_prob"
+    )
+    parser.add_argument("--out", default=None, help="JSON of the table")
+    args = parser.parse_args(argv)
+
+    config = torch_reference.load_config(args.config, [])
+    views = [
+        v.to_dict() if hasattr(v, "to_dict") else dict(v)
+        for v in (config.augment.view1, config.augment.view2)
+    ]
+    for field in filter(None, args.zero.split(",")):
+        for view in views:
+            if field not in view:
+                sys.exit(f"--zero {field}: not a view field ({', '.join(sorted(view))})")
+            view[field] = 0.0
+    images = load_images(pathlib.Path(args.root), args.images)
+    table = compare(views, images, args.repeats)
+    print(
+        f"{args.config}, {len(images)} images, {args.repeats} repeats, zeroed: {args.zero or '-'}"
+    )
+    print(f"{'statistic':18s} {'ssljax':>16s} {'reference':>16s} {'diff':>9s} {'z':>6s}")
+    for name, row in table.items():
+        print(
+            f"{name:18s} {row['ssljax']:9.4f} ±{row['ssljax_sd']:.4f} "
+            f"{row['torch']:9.4f} ±{row['torch_sd']:.4f} {row['diff']:+9.4f} {row['z']:+6.1f}"
+        )
+    if args.out:
+        result = {"config": args.config, "images": len(images), "repeats": args.repeats,
+                  "zero": args.zero, "views": views, "table": table}  # fmt: skip
+        pathlib.Path(args.out).write_text(json.dumps(result, indent=2, default=list))
+
+
+if __name__ == "__main__":
+    main()
