@@ -403,20 +403,58 @@ class ViewTransform:
 
     def __call__(self, x):
         """``x``: float ``[3, H, W]`` in [0, 1]; returns the normalised view."""
+        return self.apply(x, self.sample(x.shape[1], x.shape[2]))
+
+    def sample(self, height: int, width: int) -> dict:
+        """The view's random decisions, drawn from the torch RNG in torchvision's order.
+
+        Factors are drawn only when the jitter applies and sigma only when the blur does, as
+        ``RandomApply`` draws them; no image operation draws, so drawing everything first leaves
+        the stream (and so every earlier result of this script) unchanged.
+
+        Returns:
+          ``crop_box`` (top, left, h, w); ``flip``, ``jitter``, ``grayscale``, ``blur``,
+          ``solarize`` (bools); ``jitter_factors`` (brightness, contrast, saturation, hue) and
+          ``jitter_order`` (a permutation of 0..3) when ``jitter``; ``blur_sigma`` when ``blur``.
+        """
         import torch
 
         c = self.cfg
-        top, left, h, w = crop_box(x.shape[1], x.shape[2], c["crop_scale"], c["crop_ratio"])
+        p = {"crop_box": crop_box(height, width, c["crop_scale"], c["crop_ratio"])}
+        p["flip"] = torch.rand(1).item() < c["flip_prob"]
+        p["jitter"] = torch.rand(1).item() < c["jitter_prob"]
+        if p["jitter"]:
+            p["jitter_factors"] = [
+                torch.empty(1).uniform_(max(0.0, 1 - s), 1 + s).item()
+                for s in (c["brightness"], c["contrast"], c["saturation"])
+            ] + [torch.empty(1).uniform_(-c["hue"], c["hue"]).item()]
+            p["jitter_order"] = torch.randperm(4).tolist()
+        p["grayscale"] = torch.rand(1).item() < c["grayscale_prob"]
+        p["blur"] = self.radius > 0 and torch.rand(1).item() < c["blur_prob"]
+        if p["blur"]:
+            p["blur_sigma"] = torch.empty(1).uniform_(*c["blur_sigma"]).item()
+        p["solarize"] = torch.rand(1).item() < c["solarize_prob"]
+        return p
+
+    def apply(self, x, p: dict):
+        """The view of ``x`` (float ``[3, H, W]`` in [0, 1]) for decisions ``p`` (:meth:`sample`).
+
+        Crop (+ resize), flip, colour jitter, grayscale, blur, solarise, normalise: the order of
+        ``ssljax.augment.apply_view``, so that ssljax's own decisions can be replayed here.
+        """
+        import torch
+
+        top, left, h, w = (int(v) for v in p["crop_box"])
         x = self.resize(x[:, top : top + h, left : left + w])
-        if torch.rand(1).item() < c["flip_prob"]:
+        if p["flip"]:
             x = x.flip(-1)
-        if torch.rand(1).item() < c["jitter_prob"]:
-            x = self.color_jitter(x)
-        if torch.rand(1).item() < c["grayscale_prob"]:
+        if p["jitter"]:
+            x = self.color_jitter(x, p["jitter_factors"], p["jitter_order"])
+        if p["grayscale"]:
             x = _gray(x).expand(3, -1, -1)
-        if self.radius > 0 and torch.rand(1).item() < c["blur_prob"]:
-            x = gaussian_blur(x, torch.empty(1).uniform_(*c["blur_sigma"]).item(), self.radius)
-        if torch.rand(1).item() < c["solarize_prob"]:
+        if p["blur"]:
+            x = gaussian_blur(x, float(p["blur_sigma"]), self.radius)
+        if p["solarize"]:
             x = torch.where(x >= 0.5, 1.0 - x, x)
         return (x - self.mean) / self.std
 
@@ -429,17 +467,17 @@ class ViewTransform:
         size = (self.size, self.size)
         return F.interpolate(x[None], size, mode="bilinear", antialias=True)[0].clamp(0.0, 1.0)
 
-    def color_jitter(self, x):
-        """torchvision ``ColorJitter``: factors as ``get_params``, the four ops in random order."""
-        import torch
+    def color_jitter(self, x, factors, order):
+        """torchvision ``ColorJitter.forward`` for given ``get_params`` (factors, op order).
 
+        Args:
+          x: float ``[3, H, W]`` in [0, 1].
+          factors: brightness, contrast and saturation factors and the hue shift.
+          order: the four operations' order (0 brightness, 1 contrast, 2 saturation, 3 hue).
+        """
         c = self.cfg
-        factors = [
-            torch.empty(1).uniform_(max(0.0, 1 - s), 1 + s).item()
-            for s in (c["brightness"], c["contrast"], c["saturation"])
-        ]
-        hue = torch.empty(1).uniform_(-c["hue"], c["hue"]).item()
-        for op in torch.randperm(4).tolist():
+        for op in order:
+            op = int(op)
             if op == 0 and c["brightness"] > 0:
                 x = _blend(x, 0.0, factors[0])
             elif op == 1 and c["contrast"] > 0:
@@ -447,7 +485,7 @@ class ViewTransform:
             elif op == 2 and c["saturation"] > 0:
                 x = _blend(x, _gray(x), factors[2])
             elif op == 3 and c["hue"] > 0:
-                x = adjust_hue(x, hue)
+                x = adjust_hue(x, factors[3])
         return x
 
 

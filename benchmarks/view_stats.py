@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import pathlib
 import random
@@ -129,6 +130,67 @@ def compare(views: list[dict], images: np.ndarray, repeats: int) -> dict[str, di
     return table
 
 
+def compare_decisions(view: dict, count: int, seed: int = 0) -> dict[str, dict[str, float]]:
+    """The random decisions of one view, ``count`` draws per side, compared statistic by statistic.
+
+    ssljax's come from ``build_augment(..., return_params=True)``, the reference's from
+    ``ViewTransform.sample`` (the draws its ``__call__`` makes). Given equal decisions the two
+    build the same view (``test_whole_view_replays_ssljax_decisions`` in
+    ``tests/test_torch_reference.py``), so these distributions are all that may differ.
+
+    Args:
+      view: a view config (dict of ``ssljax.augment`` view fields).
+      count: draws per side.
+      seed: of both sides' generators.
+
+    Returns:
+      ``{statistic: {"ssljax", "torch", "diff", "z"}}``: the coins' rates, the jitter factors'
+      and blur sigma's means where applied, each operation's mean position in the jitter order,
+      and the crop's area share, height and corner.
+    """
+    import jax
+    import torch
+
+    from ssljax import augment
+
+    fn = augment.build_augment([view], output_size=32, mean=MEAN, std=STD)
+    blank = np.zeros((count, 32, 32, 3), np.uint8)
+    _, params = jax.jit(lambda r, x: fn(r, x, return_params=True))(jax.random.PRNGKey(seed), blank)
+    ours = {k: np.asarray(a) for k, a in params[0].items()}
+    torch.manual_seed(seed)
+    transform = torch_reference.ViewTransform(view, 32, MEAN, STD)
+    draws = [transform.sample(32, 32) for _ in range(count)]
+    theirs = {k: np.asarray([d[k] for d in draws]) for k in ("flip", "jitter", "grayscale", "blur")}
+    theirs["crop_box"] = np.asarray([d["crop_box"] for d in draws])
+    factors = np.asarray([d["jitter_factors"] for d in draws if d["jitter"]]).reshape(-1, 4)
+    order = np.asarray([d["jitter_order"] for d in draws if d["jitter"]]).reshape(-1, 4)
+    sigma = np.asarray([d["blur_sigma"] for d in draws if d["blur"]])
+    jit, blur = ours["jitter"], ours["blur"] & (transform.radius > 0)
+    pairs = {f"p_{k}": (ours[k], theirs[k]) for k in ("flip", "jitter", "grayscale", "blur")}
+    for i, name in enumerate(("brightness", "contrast", "saturation", "hue")):
+        pairs[f"{name}_factor"] = (ours["jitter_factors"][jit][:, i], factors[:, i])
+        pairs[f"{name}_position"] = (
+            np.argmax(ours["jitter_order"][jit] == i, axis=1),
+            np.argmax(order == i, axis=1),
+        )
+    pairs["blur_sigma"] = (ours["blur_sigma"][blur], sigma)
+    box, tbox = ours["crop_box"], theirs["crop_box"]
+    pairs["crop_area"] = (box[:, 2] * box[:, 3] / 1024, tbox[:, 2] * tbox[:, 3] / 1024)
+    pairs["crop_height"] = (box[:, 2], tbox[:, 2])
+    pairs["crop_top"] = (box[:, 0], tbox[:, 0])
+    pairs["crop_left"] = (box[:, 1], tbox[:, 1])
+    table = {}
+    for name, (a, b) in pairs.items():
+        a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+        if not (len(a) and len(b)):
+            continue  # an operation this view never applies
+        se = math.sqrt(a.var() / len(a) + b.var() / len(b))
+        diff = float(a.mean() - b.mean())
+        z = diff / se if se > 0 else (0.0 if diff == 0 else float("inf"))
+        table[name] = {"ssljax": float(a.mean()), "torch": float(b.mean()), "diff": diff, "z": z}
+    return table
+
+
 def load_images(root: pathlib.Path, count: int, seed: int = 0) -> np.ndarray:
     """``count`` training images of an image folder (``root/train/<class>/*.jpg``), shuffled.
 
@@ -153,7 +215,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--zero", default="", help="view fields set to 0 on both sides, e.g. jitter_prob,blur_prob"
     )
-    parser.add_argument("--out", default=None, help="JSON of the table")
+    parser.add_argument(
+        "--decisions", type=int, default=40000, help="draws per side of the decision table"
+    )
+    parser.add_argument("--out", default=None, help="JSON of the tables")
     args = parser.parse_args(argv)
 
     config = torch_reference.load_config(args.config, [])
@@ -166,6 +231,15 @@ def main(argv: list[str] | None = None) -> None:
             if field not in view:
                 sys.exit(f"--zero {field}: not a view field ({', '.join(sorted(view))})")
             view[field] = 0.0
+    decisions = compare_decisions(views[0], args.decisions) if args.decisions else {}
+    if decisions:
+        print(f"decisions of view 1, {args.decisions} draws per side")
+        print(f"{'statistic':20s} {'ssljax':>9s} {'reference':>9s} {'diff':>9s} {'z':>6s}")
+        for name, row in decisions.items():
+            print(
+                f"{name:20s} {row['ssljax']:9.4f} {row['torch']:9.4f} "
+                f"{row['diff']:+9.4f} {row['z']:+6.1f}"
+            )
     images = load_images(pathlib.Path(args.root), args.images)
     table = compare(views, images, args.repeats)
     print(
@@ -179,7 +253,8 @@ def main(argv: list[str] | None = None) -> None:
         )
     if args.out:
         result = {"config": args.config, "images": len(images), "repeats": args.repeats,
-                  "zero": args.zero, "views": views, "table": table}  # fmt: skip
+                  "zero": args.zero, "views": views, "table": table,
+                  "decision_draws": args.decisions, "decisions": decisions}  # fmt: skip
         pathlib.Path(args.out).write_text(json.dumps(result, indent=2, default=list))
 
 

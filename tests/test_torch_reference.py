@@ -506,6 +506,37 @@ def test_view_without_randomness_is_normalisation():
     np.testing.assert_allclose(got, (x - np.asarray(mean)) / np.asarray(std), atol=1e-6)
 
 
+@pytest.mark.parametrize("preset", ["simsiam", "byol"])
+def test_whole_view_replays_ssljax_decisions(preset):
+    """Given ssljax's own random decisions, the reference builds the same views.
+
+    The operations are compared one by one above; this composes them: the order, the
+    conditions, which factor goes to which operation, the flip after the resize. With the
+    decisions equal, the views must agree to float32 rounding, so the two implementations
+    differ only in their random streams (whose distributions benchmarks/view_stats.py compares).
+    """
+    import jax
+
+    views = {"simsiam": augment.simsiam_views, "byol": augment.byol_views}[preset]()
+    mean, std = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)
+    images = np.random.default_rng(5).integers(0, 256, (48, 32, 32, 3), dtype=np.uint8)
+    fn = augment.build_augment(views, output_size=32, mean=mean, std=std)
+    outs, params = jax.jit(lambda r, x: fn(r, x, return_params=True))(jax.random.PRNGKey(1), images)
+    applied = 0
+    for v, view in enumerate(views):
+        transform = torch_reference.ViewTransform(view, 32, mean, std)
+        p = {k: np.asarray(a) for k, a in params[v].items()}
+        for i, image in enumerate(images):
+            decisions = {k: a[i] for k, a in p.items()}
+            decisions["blur"] = bool(decisions["blur"]) and transform.radius > 0
+            got = transform.apply(_chw(image.astype(np.float32) / 255.0), decisions)
+            np.testing.assert_allclose(_hwc(got), np.asarray(outs[v][i]), atol=2e-5)
+            applied += (
+                int(decisions["jitter"]) + int(decisions["blur"]) + int(decisions["solarize"])
+            )
+    assert applied > 30  # the random operations did apply in this sample
+
+
 def test_crop_boxes_follow_scale_and_ratio():
     torch.manual_seed(0)
     boxes = [torch_reference.crop_box(32, 32, (0.2, 0.6), (0.5, 2.0)) for _ in range(500)]

@@ -50,3 +50,27 @@ def test_identity_views_agree_exactly_and_a_planted_difference_shows():
     table = view_stats.compare([grey, grey], images, repeats=2)
     assert table["grey_share"]["ssljax"] == table["grey_share"]["torch"] == 1.0
     assert table["saturation"]["ssljax"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_decision_distributions_agree_and_a_planted_bias_shows(monkeypatch):
+    from ssljax import augment
+
+    view = augment.simsiam_views()[0]
+    table = view_stats.compare_decisions(view, 4000)
+    assert {"p_jitter", "brightness_factor", "hue_position", "blur_sigma", "crop_area"} <= set(
+        table
+    )
+    for name, row in table.items():
+        assert abs(row["z"]) < 4.5, (name, row)
+    assert table["p_jitter"]["ssljax"] == pytest.approx(0.8, abs=0.03)
+
+    sample = view_stats.torch_reference.ViewTransform.sample
+    rng = np.random.default_rng(0)
+
+    def greyer(self, height, width):  # the reference greys 10% more views
+        p = sample(self, height, width)
+        p["grayscale"] = p["grayscale"] or rng.uniform() < 0.125
+        return p
+
+    monkeypatch.setattr(view_stats.torch_reference.ViewTransform, "sample", greyer)
+    assert view_stats.compare_decisions(view, 4000)["p_grayscale"]["z"] < -6
