@@ -50,6 +50,11 @@ PLATFORMS = [f"manylinux_2_{n}_x86_64" for n in (17, 24, 27, 28, 31, 34, 35)] + 
     "manylinux2014_x86_64",
     "manylinux1_x86_64",
 ]
+# What pip is told about the host, for downloading wheels and for checking they install.
+HOST_WHEEL_FLAGS = [
+    "--only-binary=:all:", "--python-version", "3.12", "--implementation", "cp",
+    *[flag for p in PLATFORMS for flag in ("--platform", p)],
+]  # fmt: skip
 CARRY_LIMIT_BYTES = 64 * 2**20
 
 
@@ -112,12 +117,10 @@ def download(pins: dict[str, str], dest: pathlib.Path) -> None:
     if dest.exists():
         shutil.rmtree(dest)
     dest.mkdir()
-    platform_flags = [flag for p in PLATFORMS for flag in ("--platform", p)]
     for name, version in sorted(pins.items()):
         pin = f"{name}=={version}"
         cmd = [
-            sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
-            "--python-version", "3.12", "--implementation", "cp", *platform_flags,
+            sys.executable, "-m", "pip", "download", "-q", "--no-deps", *HOST_WHEEL_FLAGS,
             "-d", str(dest), pin,
         ]  # fmt: skip
         if subprocess.run(cmd, capture_output=True, text=True).returncode == 0:
@@ -141,9 +144,7 @@ def check_installable(dest: pathlib.Path) -> None:
     with_target = REPO / "build" / "gpu_carry_check"
     shutil.rmtree(with_target, ignore_errors=True)
     cmd = [
-        sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps",
-        "--only-binary=:all:", "--python-version", "3.12", "--implementation", "cp",
-        *[flag for p in PLATFORMS for flag in ("--platform", p)],
+        sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", *HOST_WHEEL_FLAGS,
         "--target", str(with_target), *map(str, sorted(dest.glob("*.whl"))),
     ]  # fmt: skip
     subprocess.run(cmd, check=True)

@@ -42,6 +42,13 @@ MEAN = (0.4914, 0.4822, 0.4465)
 STD = (0.2470, 0.2435, 0.2616)
 
 
+def _z(diff: float, se: float) -> float:
+    """``diff`` in standard errors; NaN where ``se`` is unknown (one repeat)."""
+    if math.isnan(se):
+        return float("nan")
+    return diff / se if se > 0 else (0.0 if diff == 0 else math.copysign(math.inf, diff))
+
+
 def view_statistics(v1: np.ndarray, v2: np.ndarray) -> dict[str, float]:
     """Statistics of two batches of normalised views ``[N, S, S, 3]`` of the same N images.
 
@@ -117,7 +124,7 @@ def compare(views: list[dict], images: np.ndarray, repeats: int) -> dict[str, di
     for name in runs["ssljax"][0]:
         s = np.array([d[name] for d in runs["ssljax"]])
         t = np.array([d[name] for d in runs["torch"]])
-        se = np.sqrt((s.var(ddof=1) + t.var(ddof=1)) / repeats) if repeats > 1 else float("nan")
+        se = math.sqrt((s.var(ddof=1) + t.var(ddof=1)) / repeats) if repeats > 1 else math.nan
         diff = float(s.mean() - t.mean())
         table[name] = {
             "ssljax": float(s.mean()),
@@ -125,7 +132,7 @@ def compare(views: list[dict], images: np.ndarray, repeats: int) -> dict[str, di
             "torch": float(t.mean()),
             "torch_sd": float(t.std(ddof=1)) if repeats > 1 else float("nan"),
             "diff": diff,
-            "z": diff / se if se > 0 else (0.0 if diff == 0 else float("inf")),
+            "z": _z(diff, se),
         }
     return table
 
@@ -186,8 +193,9 @@ def compare_decisions(view: dict, count: int, seed: int = 0) -> dict[str, dict[s
             continue  # an operation this view never applies
         se = math.sqrt(a.var() / len(a) + b.var() / len(b))
         diff = float(a.mean() - b.mean())
-        z = diff / se if se > 0 else (0.0 if diff == 0 else float("inf"))
-        table[name] = {"ssljax": float(a.mean()), "torch": float(b.mean()), "diff": diff, "z": z}
+        table[name] = {
+            "ssljax": float(a.mean()), "torch": float(b.mean()), "diff": diff, "z": _z(diff, se)
+        }  # fmt: skip
     return table
 
 
