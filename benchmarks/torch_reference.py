@@ -39,6 +39,12 @@ in train mode without an update (both views; what that many steps at rate 0 woul
 is the one ssljax reports under the same config. The difference between the two is what
 BatchNorm alone adds.
 
+``--init_from_ssljax`` starts from the initial weights ``ssljax.main`` draws for the config
+with ``config.seed`` = ``--seed`` (``ssljax_initial_state_dict``; loaded over torch's draw, so the
+data order and augmentation draws are those of the same ``--seed`` without the flag): a pair of
+reference runs with and without it differs in its initial weights only, and a reference run
+with it differs from ssljax's run of that seed in the data order and augmentation draws only.
+
 Not here: ssljax's online linear probe (it trains on detached features and cannot change the
 backbone), the non-finite-step guard (a non-finite loss stops the run), checkpoints.
 
@@ -205,6 +211,54 @@ def state_dict_from_ssljax(params, batch_stats) -> dict[str, np.ndarray]:
                 if collection is batch_stats:
                     out[f"{head}.{layer}.num_batches_tracked"] = np.zeros((), np.int64)
     return out
+
+
+def ssljax_initial_state_dict(
+    config, seed: int, *, image_shape, num_classes: int, num_train_examples: int
+) -> dict[str, np.ndarray]:
+    """The initial weights ``ssljax.main`` draws for ``config`` and ``seed``, as a ``state_dict``.
+
+    They come from ``ssljax.train.init_state(comps, config, PRNGKey(seed))``, the function
+    ``ssljax.main`` runs (jitted there with the state's sharding, which cannot change the
+    values: JAX's threefry keys are partitionable, a draw does not depend on its layout). For
+    BYOL the target starts as this online backbone and projector, as in ssljax.
+
+    Args:
+      config: the run's config.
+      seed: ``config.seed`` of the ssljax run to start from.
+      image_shape: ``(height, width, channels)`` of the training images.
+      num_classes: classes of the dataset (the probe's width, not drawn from the same key).
+      num_train_examples: size of the train split (sets the schedule lengths of ``comps``,
+        not the weights).
+
+    Returns:
+      ``state_dict_from_ssljax`` of the online network's initial variables.
+    """
+    import types
+
+    import jax
+
+    from ssljax import train
+
+    # init_state reads only these fields of the dataset info (shapes, and mean/std for the
+    # augmentation, which the weights do not depend on).
+    info = types.SimpleNamespace(
+        name="torch_reference",
+        num_classes=num_classes,
+        split_sizes={config.data.train_split: num_train_examples},
+        image_shape=tuple(image_shape),
+        mean=(0.0, 0.0, 0.0),
+        std=(1.0, 1.0, 1.0),
+        class_names=None,
+    )
+    comps = train.build_components(config, info, num_train_examples=num_train_examples)
+    state = jax.device_get(train.init_state(comps, config, jax.random.PRNGKey(seed)))
+    return state_dict_from_ssljax(state.params, state.batch_stats)
+
+
+def ssljax_initial_state_dict_of(spec: str, overrides: list[str], seed: int, **kwargs):
+    """:func:`ssljax_initial_state_dict` of the config ``load_config(spec, overrides)``."""
+    return ssljax_initial_state_dict(load_config(spec, overrides), seed, **kwargs)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -786,6 +840,38 @@ def run(args) -> dict:
     steps_per_epoch, total, warmup = schedule_lengths(config, len(train_images))
 
     online, target, _ = yardstick.build_torch_modules(config, num_classes)
+    if args.init_from_ssljax:
+        # Loaded over the modules drawn above, so torch's random stream (data order,
+        # augmentations) is the one this seed gives without the flag: a pair of runs with and
+        # without it differs in its initial weights only.
+        t0 = time.perf_counter()
+        # In a spawned process: JAX's runtime threads must not exist in this one when the
+        # DataLoader forks its workers.
+        import concurrent.futures
+        import multiprocessing
+
+        with concurrent.futures.ProcessPoolExecutor(
+            1, mp_context=multiprocessing.get_context("spawn")
+        ) as pool:
+            state = pool.submit(
+                ssljax_initial_state_dict_of,
+                args.config,
+                args.override,
+                args.seed,
+                image_shape=train_images.shape[1:],
+                num_classes=num_classes,
+                num_train_examples=len(train_images),
+            ).result()
+        tensors = {k: torch.from_numpy(np.array(v)) for k, v in state.items()}
+        online.load_state_dict(tensors)  # strict: every tensor of the online network, once
+        if target is not None:
+            target.load_state_dict(
+                {k: v for k, v in tensors.items() if not k.startswith("predictor.")}
+            )
+        print(
+            f"initial weights: ssljax's for seed {args.seed} ({time.perf_counter() - t0:.1f} s)",
+            flush=True,
+        )
     online.to(device, memory_format=fmt).train()
     if target is not None:
         target.to(device, memory_format=fmt).train()
@@ -832,6 +918,7 @@ def run(args) -> dict:
         "config": args.config,
         "overrides": args.override,
         "seed": args.seed,
+        "initial_weights": "ssljax" if args.init_from_ssljax else "torch",
         "device": str(device)
         + (f" ({torch.cuda.get_device_name()})" if device.type == "cuda" else ""),
         "torch": torch.__version__,
@@ -1008,6 +1095,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=-1,
         help="training batches for the BN-calibrated kNN at initialisation "
         "(-1: config.knn.bn_calibration_batches, or 50 when the config has none or 0)",
+    )
+    parser.add_argument(
+        "--init_from_ssljax",
+        action="store_true",
+        help="start from the initial weights ssljax.main draws for this config with "
+        "config.seed=SEED; data order and augmentations stay those of torch's --seed",
     )
     parser.add_argument("--skip_knn_init", action="store_true")
     parser.add_argument("--linear", action="store_true", help="also run the linear protocol")

@@ -51,7 +51,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from ssljax import augment, config_schema, methods, train, tree_paths  # noqa: E402
+from ssljax import augment, config_schema, methods, sharding, train, tree_paths  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 # benchmarks/ is on pytest's pythonpath (pyproject.toml).
@@ -564,6 +564,48 @@ def test_state_dict_conversion_is_exact():
         got = torch_reference.Trainer.forward(online, torch.from_numpy(x).permute(0, 3, 1, 2))
     for key in ("features", "projection", "prediction"):
         np.testing.assert_allclose(got[key].numpy(), np.asarray(want[key]), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["byol", "simsiam"])
+def test_initial_weights_are_those_of_ssljax_main(method):
+    """``--init_from_ssljax`` loads what ``ssljax.main`` initialises for the seed.
+
+    main runs ``init_state`` jitted with the state's sharding over every device (8 simulated
+    here, FSDP 2 so that some tensors are split); the reference's function runs it unsharded.
+    They must agree exactly, and another seed must not.
+    """
+    config = small_config(method)
+    config.fsdp = 2
+    config.seed = 3
+    comps = train.build_components(config, fake_info(), num_train_examples=1000)
+    mesh = sharding.make_mesh(fsdp=config.fsdp)
+    rng = jax.random.PRNGKey(config.seed)
+    shapes = jax.eval_shape(functools.partial(train.init_state, comps, config), rng)
+    state_sharding = sharding.infer_state_sharding(mesh, shapes)
+    main_state = jax.device_get(
+        jax.jit(functools.partial(train.init_state, comps, config), out_shardings=state_sharding)(
+            rng
+        )
+    )
+    want = torch_reference.state_dict_from_ssljax(main_state.params, main_state.batch_stats)
+
+    def got(seed):
+        return torch_reference.ssljax_initial_state_dict(
+            config, seed, image_shape=(SIZE, SIZE, 3), num_classes=10, num_train_examples=1000
+        )
+
+    same, other = got(3), got(4)
+    assert same.keys() == want.keys()
+    for k in want:
+        np.testing.assert_array_equal(same[k], want[k], err_msg=k)
+    drawn = [k for k in want if k.endswith("conv1.weight") or k.endswith("dense_0.weight")]
+    assert drawn and all(not np.array_equal(other[k], want[k]) for k in drawn)
+    # Loads strictly (every tensor once) into the reference's modules, the target included.
+    online, target, _ = torch_yardstick.build_torch_modules(config, 10)
+    tensors = {k: torch.from_numpy(np.array(v)) for k, v in same.items()}
+    online.load_state_dict(tensors)
+    if target is not None:
+        target.load_state_dict({k: v for k, v in tensors.items() if not k.startswith("predictor.")})
 
 
 def test_knn_matches_ssljax():
