@@ -5,11 +5,14 @@
 ``WORKDIR/fid`` holds ssljax workdirs named ``ssljax.<method>.s<seed>`` (and variant rows
 ``<kind>.<name>.s<seed>``, e.g. ``frozen.byol.s0``), each with ``summary.json``,
 ``metrics.jsonl`` and, once ``python -m ssljax.evaluate --protocol=linear`` ran,
-``eval_linear.json``; and the PyTorch reference's results ``torch.<method>.s<seed>.json``. Each
+``eval_linear.json``; and the PyTorch reference's results ``torch.<method>.s<seed>.json`` (or
+``torch<anything>.<method>.s<seed>.json``: a reference run started from ssljax's initial
+weights, ``--init_from_ssljax``, is the group ``torch:ssljax_init`` whatever its name). Each
 row: kNN top-1 at initialisation (the run's own step-0 monitor, and the BN-calibrated one when
 recorded) and at the end, the gain, the linear probe, the collapse monitor's lowest and last
 value, images/s, and the loss and monitor curves; then per (implementation, method) the means
-over seeds with the seed spread, and the ssljax - reference difference of the means.
+over seeds with the seed spread, and the ssljax - reference difference of the means; and the
+per-seed (paired) differences between groups that ran the same seeds, with their spread.
 """
 
 from __future__ import annotations
@@ -79,7 +82,10 @@ def torch_row(path: pathlib.Path) -> dict[str, Any]:
     """One PyTorch-reference run, from the JSON it wrote."""
     r = json.loads(path.read_text())
     _, name, seed = path.stem.rsplit(".", 2)
-    row = {"impl": "torch", "method": name, "seed": int(seed.lstrip("s"))}
+    # A reference started from ssljax's initial weights (--init_from_ssljax) is its own group.
+    init = r.get("initial_weights", "torch")
+    impl = "torch" if init == "torch" else f"torch:{init}_init"
+    row = {"impl": impl, "method": name, "seed": int(seed.lstrip("s"))}
     for key, value in r.items():
         if key in row:
             continue
@@ -200,6 +206,76 @@ def plot(rows: list[dict[str, Any]], out: str, *, title: str = "", window: int =
     fig.savefig(out, dpi=80)
 
 
+def _paired_stats(diffs: list[float]) -> dict[str, Any]:
+    """Mean, sample standard deviation and paired t (mean / (sd / sqrt(n))) of ``diffs``."""
+    n = len(diffs)
+    mean = statistics.mean(diffs)
+    sd = statistics.stdev(diffs) if n > 1 else None
+    # No t where the differences are all equal (to rounding): it would be 0 / 0 or huge.
+    t = mean / (sd / math.sqrt(n)) if sd is not None and sd > 1e-9 else None
+    return {"mean": mean, "sd": sd, "t": t}
+
+
+def _impl_order(impl: str) -> tuple[int, str]:
+    # ssljax's groups first, the references started from other weights next, the plain
+    # reference last: every pair is then "first - second" in that order.
+    return (2 if impl == "torch" else 1 if impl.startswith("torch") else 0, impl)
+
+
+def paired(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per-seed differences between two groups of the same method run on the same seeds.
+
+    A seed fixes what the two runs share (ssljax's initial weights for ``ssljax`` and
+    ``torch:ssljax_init``; the reference's data order and augmentation draws for ``torch`` and
+    ``torch:ssljax_init``), so the difference of a pair removes what they share from the
+    comparison, and the spread of the per-seed differences is what is left.
+
+    Returns:
+      For each method and each two groups ``a``, ``b`` (``b`` a reference group, ``a`` before
+      it: ssljax's, then references from other initial weights, then ``torch``) with common
+      seeds: ``method``, ``a``, ``b``, ``seeds`` and, for ``knn`` (end), ``init`` and ``gain``,
+      the per-seed differences ``a - b`` (``*_diffs``) with their ``mean``, ``sd`` and paired
+      ``t`` (None with a single seed).
+    """
+    by_group: dict[tuple[str, str], dict[int, dict[str, Any]]] = {}
+    for r in rows:
+        if r.get("knn_top1") is not None:
+            by_group.setdefault((r["method"], r["impl"]), {})[r["seed"]] = r
+    out = []
+    methods = sorted({m for m, _ in by_group})
+    for method in methods:
+        impls = sorted((i for m, i in by_group if m == method), key=_impl_order)
+        for ia, a in enumerate(impls):
+            for b in impls[ia + 1 :]:
+                if not b.startswith("torch"):
+                    continue
+                ra, rb = by_group[method, a], by_group[method, b]
+                seeds = sorted(set(ra) & set(rb))
+                if not seeds:
+                    continue
+                entry: dict[str, Any] = {"method": method, "a": a, "b": b, "seeds": seeds}
+                for key, get in (
+                    ("knn", lambda r: r.get("knn_top1")),
+                    ("init", lambda r: r.get("knn_top1_init_calibrated") or r.get("knn_top1_init")),
+                    ("gain", _gain),
+                ):
+                    pairs = [(get(ra[s]), get(rb[s])) for s in seeds]
+                    diffs = [x - y for x, y in pairs if x is not None and y is not None]
+                    if diffs:
+                        entry[f"{key}_diffs"] = diffs
+                        entry[key] = _paired_stats(diffs)
+                out.append(entry)
+    return out
+
+
+def _fmt_paired(stats: dict[str, Any] | None) -> str:
+    if stats is None:
+        return "-"
+    sd = "" if stats["sd"] is None else f" sd {100 * stats['sd']:.2f}"
+    t = "" if stats["t"] is None else f" t {stats['t']:+.1f}"
+    return f"{100 * stats['mean']:+.2f}{sd}{t}"
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("fid_dir")
@@ -209,10 +285,12 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     fid = pathlib.Path(args.fid_dir)
     rows = [ssljax_row(d) for d in sorted(fid.iterdir()) if d.is_dir()]
-    rows += [torch_row(p) for p in sorted(fid.glob("torch.*.json"))]
+    rows += [torch_row(p) for p in sorted(fid.glob("torch*.json"))]
+    rows.sort(key=lambda r: (r["method"], _impl_order(r["impl"]), r["seed"]))
     w = max([14] + [len(r["method"]) + 2 for r in rows])  # the method column fits its names
+    wi = max([16] + [len(r["impl"]) + 2 for r in rows])
     print(
-        f"{'impl':<16}{'method':<{w}}{'seed':>5}{'kNN init':>10}{'kNN end':>10}{'gain':>8}"
+        f"{'impl':<{wi}}{'method':<{w}}{'seed':>5}{'kNN init':>10}{'kNN end':>10}{'gain':>8}"
         f"{'linear':>9}{'monitor min/end':>17}{'img/s':>7}"
     )
     for r in rows:
@@ -220,7 +298,7 @@ def main(argv=None) -> None:
         ips = r.get("images_per_sec_overall") or r.get("images_per_sec")
         monitor = f"{r['monitor_min']:.2f} / {r['monitor_end']:.2f}" if "monitor_min" in r else ""
         print(
-            f"{r['impl']:<16}{r['method']:<{w}}{r['seed']:>5}{_pct(init):>10}"
+            f"{r['impl']:<{wi}}{r['method']:<{w}}{r['seed']:>5}{_pct(init):>10}"
             f"{_pct(r.get('knn_top1')):>10}{_pct(_gain(r)):>8}{_pct(r.get('linear_top1')):>9}"
             f"{monitor:>17}{'' if ips is None else f'{ips:.0f}':>7}"
         )
@@ -234,11 +312,22 @@ def main(argv=None) -> None:
             else f", linear {_pct(g['linear'])}% (seeds {g['linear_seeds']})"
         )
         print(
-            f"  {g['impl']:<16}{g['method']:<{w}}kNN {_pct(g['knn'])}% "
+            f"  {g['impl']:<{wi}}{g['method']:<{w}}kNN {_pct(g['knn'])}% "
             f"(spread {_pct(g['knn_spread'])}, gain {_pct(g['gain'])}){linear}"
             f" over seeds {g['seeds']}{diff}"
         )
-    pathlib.Path(args.out).write_text(json.dumps({"rows": rows, "means": summary}, indent=1) + "\n")
+    pairs = paired(rows)
+    if pairs:
+        print("\nper-seed differences a - b on the seeds both ran (mean, sd, paired t):")
+        for p in pairs:
+            print(
+                f"  {p['method']}: {p['a']} - {p['b']} over seeds {p['seeds']}: kNN end "
+                f"{_fmt_paired(p.get('knn'))}; at init {_fmt_paired(p.get('init'))}; gain "
+                f"{_fmt_paired(p.get('gain'))}"
+            )
+    pathlib.Path(args.out).write_text(
+        json.dumps({"rows": rows, "means": summary, "paired": pairs}, indent=1) + "\n"
+    )
     if args.plot:
         plot(rows, args.plot, title=args.title)
         print(f"wrote {args.plot}")

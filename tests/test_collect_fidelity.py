@@ -62,3 +62,42 @@ def test_long_method_names_keep_the_columns_apart(tmp_path, capsys):
     row = next(line for line in printed if line.startswith("ssljax") and name in line)
     assert f"{name}  " in row  # at least two spaces between the name and the seed column
     assert f"  {name}  kNN 40.00%" in "\n".join(printed)
+
+
+def test_paired_differences_per_seed_and_the_reference_from_ssljax_init(tmp_path, capsys):
+    # ssljax - reference per seed: -0.01 and -0.03; the reference from ssljax's weights sits
+    # between them: ssljax - it = -0.01 and -0.01 (sd 0), it - reference = 0 and -0.02.
+    for seed, (s_end, t_end, j_end) in enumerate([(0.40, 0.41, 0.41), (0.42, 0.45, 0.43)]):
+        _ssljax_run(tmp_path, f"ssljax.m.s{seed}", init=0.30, end=s_end, monitor=[0.9])
+        _torch_run(tmp_path, f"torch.m.s{seed}", init=0.32, end=t_end, monitor=[0.9], linear=0.4)
+        _torch_run(
+            tmp_path, f"torch_jaxinit.m.s{seed}", init=0.30, end=j_end, monitor=[0.9], linear=0.4
+        )
+        path = tmp_path / f"torch_jaxinit.m.s{seed}.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), "initial_weights": "ssljax"}))
+    _torch_run(tmp_path, "torch.m.s7", init=0.3, end=0.9, monitor=[0.9], linear=0.4)  # unpaired
+    out = tmp_path / "fid.json"
+    collect_fidelity.main([str(tmp_path), "--out", str(out)])
+    data = json.loads(out.read_text())
+    assert {r["impl"] for r in data["rows"]} == {"ssljax", "torch", "torch:ssljax_init"}
+    pairs = {(p["a"], p["b"]): p for p in data["paired"]}
+    assert set(pairs) == {
+        ("ssljax", "torch:ssljax_init"),
+        ("ssljax", "torch"),
+        ("torch:ssljax_init", "torch"),
+    }
+    p = pairs["ssljax", "torch"]
+    assert p["seeds"] == [0, 1]  # seed 7 ran on one side only
+    assert p["knn_diffs"] == pytest.approx([-0.01, -0.03])
+    assert p["knn"]["mean"] == pytest.approx(-0.02)
+    assert p["knn"]["sd"] == pytest.approx(0.02 / 2**0.5)
+    assert p["knn"]["t"] == pytest.approx(-0.02 / (0.02 / 2**0.5 / 2**0.5))
+    assert p["init"]["mean"] == pytest.approx(-0.02)
+    assert p["gain"]["mean"] == pytest.approx(0.0)
+    same_init = pairs["ssljax", "torch:ssljax_init"]
+    assert same_init["knn"]["mean"] == pytest.approx(-0.01)
+    assert same_init["init_diffs"] == pytest.approx([0.0, 0.0])
+    assert same_init["knn"]["sd"] == pytest.approx(0.0) and same_init["knn"]["t"] is None
+    assert pairs["torch:ssljax_init", "torch"]["knn_diffs"] == pytest.approx([0.0, -0.02])
+    printed = capsys.readouterr().out
+    assert "m: ssljax - torch over seeds [0, 1]: kNN end -2.00 sd 1.41 t -2.0" in printed
