@@ -7,7 +7,8 @@
 ``metrics.jsonl`` and, once ``python -m ssljax.evaluate --protocol=linear`` ran,
 ``eval_linear.json``; and the PyTorch reference's results ``torch.<method>.s<seed>.json`` (or
 ``torch<anything>.<method>.s<seed>.json``: a reference run started from ssljax's initial
-weights, ``--init_from_ssljax``, is the group ``torch:ssljax_init`` whatever its name). Each
+weights, ``--init_from_ssljax``, is the group ``torch:ssljax_init`` whatever its name, and one
+also on ssljax's inputs, ``--inputs_from_ssljax``, the group ``torch:ssljax_init+inputs``). Each
 row: kNN top-1 at initialisation (the run's own step-0 monitor, and the BN-calibrated one when
 recorded) and at the end, the gain, the linear probe, the collapse monitor's lowest and last
 value, images/s, and the loss and monitor curves; then per (implementation, method) the means
@@ -82,9 +83,14 @@ def torch_row(path: pathlib.Path) -> dict[str, Any]:
     """One PyTorch-reference run, from the JSON it wrote."""
     r = json.loads(path.read_text())
     _, name, seed = path.stem.rsplit(".", 2)
-    # A reference started from ssljax's initial weights (--init_from_ssljax) is its own group.
-    init = r.get("initial_weights", "torch")
-    impl = "torch" if init == "torch" else f"torch:{init}_init"
+    # A reference started from ssljax's initial weights (--init_from_ssljax), or also trained
+    # on ssljax's inputs (--inputs_from_ssljax), is a group of its own.
+    taken = [
+        part
+        for part, field in (("init", "initial_weights"), ("inputs", "inputs"))
+        if r.get(field, "torch") == "ssljax"
+    ]
+    impl = "torch:ssljax_" + "+".join(taken) if taken else "torch"
     row = {"impl": impl, "method": name, "seed": int(seed.lstrip("s"))}
     for key, value in r.items():
         if key in row:
@@ -226,9 +232,10 @@ def paired(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per-seed differences between two groups of the same method run on the same seeds.
 
     A seed fixes what the two runs share (ssljax's initial weights for ``ssljax`` and
-    ``torch:ssljax_init``; the reference's data order and augmentation draws for ``torch`` and
-    ``torch:ssljax_init``), so the difference of a pair removes what they share from the
-    comparison, and the spread of the per-seed differences is what is left.
+    ``torch:ssljax_init``, its inputs too with ``torch:ssljax_init+inputs``; the reference's
+    data order and augmentation draws for ``torch`` and ``torch:ssljax_init``), so the
+    difference of a pair removes what they share from the comparison, and the spread of the
+    per-seed differences is what is left.
 
     Returns:
       For each method and each two groups ``a``, ``b`` (``b`` a reference group, ``a`` before

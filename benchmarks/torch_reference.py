@@ -44,6 +44,11 @@ with ``config.seed`` = ``--seed`` (``ssljax_initial_state_dict``; loaded over to
 data order and augmentation draws are those of the same ``--seed`` without the flag): a pair of
 reference runs with and without it differs in its initial weights only, and a reference run
 with it differs from ssljax's run of that seed in the data order and augmentation draws only.
+``--inputs_from_ssljax`` (with ``--override data.root=... --override data.data_dir=...`` of the
+ssljax run) trains on ssljax's own inputs instead: its loader's batches augmented by its
+on-device augmentation with the train step's keys (``benchmarks/ssljax_inputs.py``); with both
+flags a reference run differs from ssljax's run of the seed in the train step's implementation
+only (``tests/test_torch_reference.py`` checks the losses agree).
 
 Not here: ssljax's online linear probe (it trains on detached features and cannot change the
 backbone), the non-finite-step guard (a non-finite loss stops the run), checkpoints.
@@ -881,9 +886,12 @@ def run(args) -> dict:
     views = [ViewTransform(v, 32, mean, std) for v in (config.augment.view1, config.augment.view2)]
     dataset = TwoViewDataset(train_images, train_labels, views)
     pin = device.type == "cuda"
-    batches = endless(
-        make_loader(dataset, config.global_batch, workers=workers, seed=args.seed, pin=pin)
-    )
+    if args.inputs_from_ssljax:
+        batches = None  # ssljax's, created after the calibration loader's workers (below)
+    else:
+        batches = endless(
+            make_loader(dataset, config.global_batch, workers=workers, seed=args.seed, pin=pin)
+        )
 
     # kNN sets: all images, or a fixed random subset for dry runs.
     knn_train, knn_test = (train_images, train_labels), (test_images, test_labels)
@@ -919,6 +927,7 @@ def run(args) -> dict:
         "overrides": args.override,
         "seed": args.seed,
         "initial_weights": "ssljax" if args.init_from_ssljax else "torch",
+        "inputs": "ssljax" if args.inputs_from_ssljax else "torch",
         "device": str(device)
         + (f" ({torch.cuda.get_device_name()})" if device.type == "cuda" else ""),
         "torch": torch.__version__,
@@ -978,6 +987,24 @@ def run(args) -> dict:
     )
     curve = {"step": [], "loss": [], "proj_std_x_sqrt_d": [], "lr": [], "tau": []}
     pending = []
+    if args.inputs_from_ssljax:
+        import ssljax_inputs
+
+        t0 = time.perf_counter()
+        config.seed = args.seed
+        batches = ssljax_inputs.SsljaxInputs(config)
+        if (batches.num_train, batches.steps_per_epoch) != (len(train_images), steps_per_epoch):
+            raise SystemExit(
+                f"ssljax's dataset ({batches.num_train} train examples, "
+                f"{batches.steps_per_epoch} steps/epoch) is not --data_root's "
+                f"({len(train_images)}, {steps_per_epoch}): pass the ssljax run's data.root and "
+                "data.data_dir with --override"
+            )
+        print(
+            f"inputs: ssljax's loader and augmentation for seed {args.seed} "
+            f"({time.perf_counter() - t0:.1f} s)",
+            flush=True,
+        )
     # The first batch is fetched before the clock starts: starting the loader's worker
     # processes is not training time.
     first = next(batches)
@@ -1101,6 +1128,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         action="store_true",
         help="start from the initial weights ssljax.main draws for this config with "
         "config.seed=SEED; data order and augmentations stay those of torch's --seed",
+    )
+    parser.add_argument(
+        "--inputs_from_ssljax",
+        action="store_true",
+        help="train on the views ssljax.main trains on for config.seed=SEED (its loader and "
+        "augmentation, benchmarks/ssljax_inputs.py); pass the ssljax run's data.root and "
+        "data.data_dir with --override",
     )
     parser.add_argument("--skip_knn_init", action="store_true")
     parser.add_argument("--linear", action="store_true", help="also run the linear protocol")

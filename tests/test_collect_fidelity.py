@@ -76,11 +76,21 @@ def test_paired_differences_per_seed_and_the_reference_from_ssljax_init(tmp_path
         path = tmp_path / f"torch_jaxinit.m.s{seed}.json"
         path.write_text(json.dumps({**json.loads(path.read_text()), "initial_weights": "ssljax"}))
     _torch_run(tmp_path, "torch.m.s7", init=0.3, end=0.9, monitor=[0.9], linear=0.4)  # unpaired
+    _torch_run(tmp_path, "torch_both.other.s0", init=0.3, end=0.4, monitor=[0.9], linear=0.4)
+    path = tmp_path / "torch_both.other.s0.json"
+    both = {**json.loads(path.read_text()), "initial_weights": "ssljax", "inputs": "ssljax"}
+    path.write_text(json.dumps(both))
     out = tmp_path / "fid.json"
     collect_fidelity.main([str(tmp_path), "--out", str(out)])
     data = json.loads(out.read_text())
-    assert {r["impl"] for r in data["rows"]} == {"ssljax", "torch", "torch:ssljax_init"}
-    pairs = {(p["a"], p["b"]): p for p in data["paired"]}
+    impls = {(r["method"], r["impl"]) for r in data["rows"]}
+    assert impls == {
+        ("m", "ssljax"),
+        ("m", "torch"),
+        ("m", "torch:ssljax_init"),
+        ("other", "torch:ssljax_init+inputs"),
+    }
+    pairs = {(p["a"], p["b"]): p for p in data["paired"] if p["method"] == "m"}
     assert set(pairs) == {
         ("ssljax", "torch:ssljax_init"),
         ("ssljax", "torch"),

@@ -608,6 +608,70 @@ def test_initial_weights_are_those_of_ssljax_main(method):
         target.load_state_dict({k: v for k, v in tensors.items() if not k.startswith("predictor.")})
 
 
+def test_ssljax_inputs_are_what_the_train_step_trains_on(tmp_path):
+    """``--inputs_from_ssljax`` feeds the reference the views ssljax's train step augments.
+
+    On a small image folder, two steps of ``ssljax.train.make_train_step`` (which augments the
+    loader's batch itself, with the step's key) and two reference steps on
+    ``SsljaxInputs``' views from the same initial weights give the same losses; a wrong key,
+    batch or view order would change them by far more than float32 rounding.
+    """
+    import ssljax_inputs
+    from PIL import Image
+
+    from ssljax import data
+    from ssljax.data import prepare
+
+    pixels = np.random.default_rng(0)
+    root = tmp_path / "images"
+    for split, per_class in (("train", 16), ("test", 4)):
+        for c in ("a", "b"):
+            (root / split / c).mkdir(parents=True)
+            for i in range(per_class):
+                image = pixels.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
+                Image.fromarray(image).save(root / split / c / f"{i}.png")
+    prepare("image_folder", tmp_path / "data", root=root)
+    config = small_config("simsiam")
+    config.data.root, config.data.data_dir = str(root), str(tmp_path / "data")
+    config.data.num_workers = 0
+    config.seed = 5
+    info = data.get_dataset_info(config.data)
+    comps = train.build_components(config, info, num_train_examples=32)
+    state = train.init_state(comps, config, jax.random.PRNGKey(config.seed))
+    online, _, _ = torch_yardstick.build_torch_modules(config, 2)
+    _load(online, jax.device_get(state.params), jax.device_get(state.batch_stats))
+    online.to(torch.float64).train()
+    trainer = torch_reference.Trainer(
+        config,
+        online,
+        None,
+        total_steps=comps.total_steps,
+        warmup_steps=comps.warmup_steps,
+        autocast=contextlib.nullcontext,
+    )
+    step = jax.jit(train.make_train_step(comps, config))
+    loader = data.make_loader(
+        config.data,
+        split="train",
+        global_batch=config.global_batch,
+        seed=config.seed,
+        shuffle=True,
+        drop_remainder=True,
+    )
+    inputs = ssljax_inputs.SsljaxInputs(config)
+    losses = []
+    for k in range(2):  # steps_per_epoch is 2: the second batch is the epoch's other half
+        state, metrics = step(state, next(loader))
+        v1, v2, _ = next(inputs)
+        loss, _ = trainer.loss_and_grads([v1.to(torch.float64), v2.to(torch.float64)])
+        trainer.optimizer_step(k)
+        losses.append((float(loss), float(metrics["loss"])))
+    for got, want in losses:
+        np.testing.assert_allclose(got, want, rtol=1e-4)
+    # The two steps' losses differ by far more than the tolerance, so it can tell them apart.
+    assert abs(losses[0][1] - losses[1][1]) > 1e-2 * abs(losses[0][1])
+
+
 def test_knn_matches_ssljax():
     from ssljax import knn
 
