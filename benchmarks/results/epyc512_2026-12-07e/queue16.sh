@@ -25,3 +25,7 @@ run jaxinputs 1 $INPUTS
 run jaxinit 0 --init_from_ssljax
 run jaxinputs 3 $INPUTS
 run jaxinit 2 --init_from_ssljax
+# Appended after the queue ended (21:20): a rounding-only control. Seed 1 on ssljax's weights
+# and inputs again, with one CPU thread instead of two (other reduction partitions in the
+# convolutions), so the two reference runs differ in float32 rounding alone.
+run jaxinputs_threads1 1 $INPUTS --threads 1  # (ran by hand, 21:20-21:45)
