@@ -3,7 +3,7 @@
 The reference normally draws its own data order and augmentations (a ``DataLoader`` over the
 JPEG folder, torchvision-style transforms). Fed by :class:`SsljaxInputs` instead, it trains on
 the views ``ssljax.main`` trains on for the same config and seed: the batches of ssljax's
-loader (``ssljax.data.make_loader`` with the run's seed, a global shuffle per epoch) augmented
+loader (``ssljax.train.make_train_loader``, the very loader ``ssljax.main`` builds) augmented
 by ssljax's on-device augmentation with the key of the train step, ``fold_in(state.rng, k)``
 at step ``k`` (``ssljax.train.make_train_step``). Together with ``--init_from_ssljax`` a
 reference run then differs from ssljax's run of that seed in the implementation of the train
@@ -50,14 +50,7 @@ class SsljaxInputs:
         self._augment = jax.jit(
             lambda k, images: comps.augment_fn(jax.random.fold_in(rng, k), images)
         )
-        self._loader = data.make_loader(
-            config.data,
-            split=config.data.train_split,
-            global_batch=config.global_batch,
-            seed=config.seed,
-            shuffle=True,
-            drop_remainder=True,
-        )
+        self._loader = train.make_train_loader(config)
         self.num_train, self.steps_per_epoch = num_train, comps.steps_per_epoch
         self._step = 0
 

@@ -444,6 +444,39 @@ def make_train_step(
     return train_step
 
 
+def make_train_loader(
+    config: ml_collections.ConfigDict,
+    *,
+    process_index: int | None = None,
+    process_count: int | None = None,
+) -> data.LoaderIterator:
+    """The loader of the training stream, as :func:`main` trains on it.
+
+    One definition, so that everything that must see main's batches (the multi-process test,
+    the PyTorch reference's ``--inputs_from_ssljax``) builds the same stream: the train split,
+    a fresh global shuffle per epoch from ``config.seed``, last partial batch dropped, repeated
+    forever.
+
+    Args:
+      config: the run's config (``data``, ``global_batch``, ``seed``).
+      process_index: this process (None: ``jax.process_index()``).
+      process_count: number of processes (None: ``jax.process_count()``).
+
+    Returns:
+      This process's iterator over its share of each global batch.
+    """
+    return data.make_loader(
+        config.data,
+        split=config.data.train_split,
+        global_batch=config.global_batch,
+        seed=config.seed,
+        shuffle=True,
+        drop_remainder=True,
+        process_index=process_index,
+        process_count=process_count,
+    )
+
+
 # ----------------------------------------------------------------------------------------------
 # Features for the kNN monitor and evaluation.
 # ----------------------------------------------------------------------------------------------
@@ -689,14 +722,7 @@ def _train_and_evaluate_locked(config: ml_collections.ConfigDict, workdir: str) 
             state = checkpointing.load_params_from(config.init_from, state, state_sharding)
     start_step = int(state.step)
 
-    train_loader = data.make_loader(
-        config.data,
-        split=config.data.train_split,
-        global_batch=config.global_batch,
-        seed=config.seed,
-        shuffle=True,
-        drop_remainder=True,
-    )
+    train_loader = make_train_loader(config)
     if loader_state is not None:
         train_loader.set_state(loader_state)
     logging.info(

@@ -5,8 +5,8 @@ in a fresh interpreter with its own ``XLA_FLAGS`` device count: JAX fixes the de
 the distributed runtime once per process, so they cannot share the pytest process. The workers
 join through :func:`ssljax.distributed.initialize` (a coordinator on localhost, gloo collectives
 between the CPU processes), each loads only its half of every global batch with
-``ssljax.data.make_loader(process_index=, process_count=)``, and they run BYOL steps of the real
-train step (``ssljax.train``) on scikit-learn's digits.
+``ssljax.train.make_train_loader(config, process_index=, process_count=)`` (main's loader), and
+they run BYOL steps of the real train step (``ssljax.train``) on scikit-learn's digits.
 
 The bad-input tests check the start-up errors: an unreachable coordinator, process counts that
 contradict the cluster or the coordinator, fewer processes than announced, uneven devices.
@@ -107,15 +107,8 @@ def run_worker(args: argparse.Namespace) -> None:
         in_shardings=(state_sh, batch_sh),
         out_shardings=(state_sh, repl),
     )
-    loader = data.make_loader(
-        config.data,
-        split=config.data.train_split,
-        global_batch=config.global_batch,
-        seed=config.seed,
-        shuffle=True,
-        drop_remainder=True,
-        process_index=setup.process_id,
-        process_count=setup.num_processes,
+    loader = train.make_train_loader(
+        config, process_index=setup.process_id, process_count=setup.num_processes
     )
     losses, indices = [], []
     for _ in range(STEPS):
