@@ -8,7 +8,9 @@
 ``eval_linear.json``; and the PyTorch reference's results ``torch.<method>.s<seed>.json`` (or
 ``torch<anything>.<method>.s<seed>.json``: a reference run started from ssljax's initial
 weights, ``--init_from_ssljax``, is the group ``torch:ssljax_init`` whatever its name, and one
-also on ssljax's inputs, ``--inputs_from_ssljax``, the group ``torch:ssljax_init+inputs``). Each
+also on ssljax's inputs, ``--inputs_from_ssljax``, the group ``torch:ssljax_init+inputs``; one
+with another CPU thread count than the group's others, a rounding-only control, gets
+``@<n>thread(s)`` appended). Each
 row: kNN top-1 at initialisation (the run's own step-0 monitor, and the BN-calibrated one when
 recorded) and at the end, the gain, the linear probe, the collapse monitor's lowest and last
 value, images/s, and the loss and monitor curves; then per (implementation, method) the means
@@ -102,6 +104,27 @@ def torch_row(path: pathlib.Path) -> dict[str, Any]:
     curve = r.get("curve") or {}
     _add_monitor(row, curve.get(MONITOR, []) if isinstance(curve, dict) else [])
     return row
+
+
+def split_by_threads(rows: list[dict[str, Any]]) -> None:
+    """Gives reference runs with an unusual CPU thread count a group of their own, in place.
+
+    The same run with another ``--threads`` differs from it in float32 rounding alone (other
+    reduction partitions), which makes it a control, not a repeat: within each
+    (implementation, method) whose reference runs used several thread counts, the most common
+    count (the larger on a tie) keeps the group's name and the others become
+    ``<impl>@<n>thread(s)``.
+    """
+    counts: dict[tuple[str, str], dict[int, int]] = {}
+    for r in rows:
+        if r["impl"].startswith("torch") and r.get("threads"):
+            c = counts.setdefault((r["impl"], r["method"]), {})
+            c[r["threads"]] = c.get(r["threads"], 0) + 1
+    usual = {g: max(c, key=lambda n: (c[n], n)) for g, c in counts.items() if len(c) > 1}
+    for r in rows:
+        n = r.get("threads")
+        if (r["impl"], r["method"]) in usual and n != usual[r["impl"], r["method"]]:
+            r["impl"] += f"@{int(n)}thread" + ("s" if n != 1 else "")
 
 
 def _gain(row: dict[str, Any]) -> float | None:
@@ -219,7 +242,7 @@ def _paired_stats(diffs: list[float]) -> dict[str, Any]:
     sd = statistics.stdev(diffs) if n > 1 else None
     # No t where the differences are all equal (to rounding): it would be 0 / 0 or huge.
     t = mean / (sd / math.sqrt(n)) if sd is not None and sd > 1e-9 else None
-    return {"mean": mean, "sd": sd, "t": t}
+    return {"mean": mean, "sd": sd, "t": t, "n": n}
 
 
 def _impl_order(impl: str) -> tuple[int, str]:
@@ -279,7 +302,7 @@ def _fmt_paired(stats: dict[str, Any] | None) -> str:
     if stats is None:
         return "-"
     sd = "" if stats["sd"] is None else f" sd {100 * stats['sd']:.2f}"
-    t = "" if stats["t"] is None else f" t {stats['t']:+.1f}"
+    t = "" if stats["t"] is None else f" t {stats['t']:+.1f} ({stats['n'] - 1} df)"
     return f"{100 * stats['mean']:+.2f}{sd}{t}"
 
 
@@ -293,6 +316,7 @@ def main(argv=None) -> None:
     fid = pathlib.Path(args.fid_dir)
     rows = [ssljax_row(d) for d in sorted(fid.iterdir()) if d.is_dir()]
     rows += [torch_row(p) for p in sorted(fid.glob("torch*.json"))]
+    split_by_threads(rows)
     rows.sort(key=lambda r: (r["method"], _impl_order(r["impl"]), r["seed"]))
     w = max([14] + [len(r["method"]) + 2 for r in rows])  # the method column fits its names
     wi = max([16] + [len(r["impl"]) + 2 for r in rows])

@@ -110,4 +110,42 @@ def test_paired_differences_per_seed_and_the_reference_from_ssljax_init(tmp_path
     assert same_init["knn"]["sd"] == pytest.approx(0.0) and same_init["knn"]["t"] is None
     assert pairs["torch:ssljax_init", "torch"]["knn_diffs"] == pytest.approx([0.0, -0.02])
     printed = capsys.readouterr().out
-    assert "m: ssljax - torch over seeds [0, 1]: kNN end -2.00 sd 1.41 t -2.0" in printed
+    assert "m: ssljax - torch over seeds [0, 1]: kNN end -2.00 sd 1.41 t -2.0 (1 df)" in printed
+
+
+def test_a_rerun_with_another_thread_count_is_a_group_of_its_own(tmp_path, capsys):
+    # Seed 1 twice on ssljax's weights and inputs, with 2 threads and with 1: the 1-thread run
+    # is a rounding-only control, paired with the 2-thread run, not a second seed-1 row that
+    # overwrites the first.
+    for name, seed, threads, end in (("a", 1, 2, 0.45), ("a", 3, 2, 0.44), ("b", 1, 1, 0.47)):
+        stem = f"torch_{name}.m.s{seed}"
+        _torch_run(tmp_path, stem, init=0.3, end=end, monitor=[0.9], linear=0.4)
+        path = tmp_path / f"{stem}.json"
+        extra = {"initial_weights": "ssljax", "inputs": "ssljax", "threads": threads}
+        path.write_text(json.dumps({**json.loads(path.read_text()), **extra}))
+    _ssljax_run(tmp_path, "ssljax.m.s1", init=0.3, end=0.44, monitor=[0.9])
+    out = tmp_path / "fid.json"
+    collect_fidelity.main([str(tmp_path), "--out", str(out)])
+    data = json.loads(out.read_text())
+    groups = {(r["impl"], r["seed"]): r["knn_top1"] for r in data["rows"]}
+    assert groups == {
+        ("ssljax", 1): 0.44,
+        ("torch:ssljax_init+inputs", 1): 0.45,
+        ("torch:ssljax_init+inputs", 3): 0.44,
+        ("torch:ssljax_init+inputs@1thread", 1): 0.47,
+    }
+    pairs = {(p["a"], p["b"]): p["knn_diffs"] for p in data["paired"]}
+    control = pairs["torch:ssljax_init+inputs", "torch:ssljax_init+inputs@1thread"]
+    assert control == pytest.approx([-0.02])
+    assert pairs["ssljax", "torch:ssljax_init+inputs"] == pytest.approx([-0.01])
+
+
+def test_one_thread_count_everywhere_keeps_the_group_names():
+    rows = [
+        {"impl": "torch", "method": "m", "seed": 0, "threads": 2},
+        {"impl": "torch", "method": "m", "seed": 1, "threads": 2},
+        {"impl": "torch:ssljax_init", "method": "m", "seed": 0, "threads": 1},
+        {"impl": "ssljax", "method": "m", "seed": 0},
+    ]
+    collect_fidelity.split_by_threads(rows)
+    assert [r["impl"] for r in rows] == ["torch", "torch", "torch:ssljax_init", "ssljax"]
