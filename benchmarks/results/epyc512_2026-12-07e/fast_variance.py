@@ -4,7 +4,7 @@
 
 ssljax's BatchNorm layers use Flax's default ``use_fast_variance=True``; PyTorch (the reference,
 the official SimSiam code) computes the batch variance in a numerically stable way. On ssljax's
-final online backbone of a seed and 64 CIFAR-10 training images (normalised, no augmentation),
+final online backbone of a seed and the first 64 CIFAR-10 test images (normalised, no augmentation),
 in training mode: the backbone's output with the fast and with the two-pass variance, and each
 BatchNorm's batch variance both ways against a float64 two-pass reference (NumPy).
 """
