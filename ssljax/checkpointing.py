@@ -30,7 +30,7 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint._src.metadata import array_metadata_store
 from orbax.checkpoint._src.serialization import type_handler_registry
 
-from ssljax import checkpoint_integrity, config_schema, tree_paths
+from ssljax import checkpoint_integrity, closed_loop_callbacks, config_schema, tree_paths
 
 T = TypeVar("T")
 
@@ -327,6 +327,9 @@ class Checkpointer:
                 create=True,
             )
         _use_replica_parallel_for_large_arrays_only()
+        # A damaged checkpoint's failed read would otherwise end in "Exception ignored ...
+        # Event loop is closed" tracebacks after ssljax has reported the damage.
+        closed_loop_callbacks.install()
         self._manager = ocp.CheckpointManager(
             self.directory, options=options, item_names=ITEM_NAMES
         )
