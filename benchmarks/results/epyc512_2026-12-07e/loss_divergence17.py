@@ -17,9 +17,9 @@ O = "/work/fid/out"
 PREFIX = f"{O}/torch.simsiam_b64_lr1_4ep"
 
 
-def ssljax_losses(seed: str) -> dict[int, float]:
+def ssljax_losses(seed: str, variant: str = "") -> dict[int, float]:
     out = {}
-    for line in open(f"{O}/ssljax.simsiam_b64_lr1_4ep.s{seed}/metrics.jsonl"):
+    for line in open(f"{O}/ssljax.simsiam_b64_lr1_4ep{variant}.s{seed}/metrics.jsonl"):
         r = json.loads(line)
         if "loss" in r:
             out[r["step"]] = r["loss"]
@@ -42,17 +42,18 @@ def compare(title: str, a: dict[int, float], b: dict[int, float]) -> None:
         print(f"  steps {lo:4d}-{hi:4d}: mean diff {d.mean():+.4f}, mean |diff| {mean_abs:.4f}")
 
 
-for seed in sys.argv[1:]:
-    two, one = f"{PREFIX}_jaxinputs.s{seed}.json", f"{PREFIX}_jaxinputs_threads1.s{seed}.json"
-    if os.path.exists(two):
-        compare(
-            f"seed {seed}: ssljax, then the reference on its weights and inputs (2 threads)",
-            ssljax_losses(seed),
-            torch_losses(two),
-        )
-        if os.path.exists(one):
+if __name__ == "__main__":  # loss_divergence19.py imports the functions above
+    for seed in sys.argv[1:]:
+        two, one = f"{PREFIX}_jaxinputs.s{seed}.json", f"{PREFIX}_jaxinputs_threads1.s{seed}.json"
+        if os.path.exists(two):
             compare(
-                f"seed {seed}: the reference with 2 threads, then with 1 (rounding only)",
+                f"seed {seed}: ssljax, then the reference on its weights and inputs (2 threads)",
+                ssljax_losses(seed),
                 torch_losses(two),
-                torch_losses(one),
             )
+            if os.path.exists(one):
+                compare(
+                    f"seed {seed}: the reference with 2 threads, then with 1 (rounding only)",
+                    torch_losses(two),
+                    torch_losses(one),
+                )
