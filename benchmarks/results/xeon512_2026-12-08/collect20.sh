@@ -7,7 +7,7 @@
 # collect19.sh's table is reproduced exactly.
 set -e
 R=/work/main/benchmarks/results; C=/tmp/coll20; rm -rf $C; mkdir -p $C
-DIRS="$R/epyc512_2026-12-07c $R/epyc512_2026-12-07d $R/epyc512_2026-12-07e $R/epyc512_2026-12-08 $R/epyc512_2026-12-08b"
+DIRS="$R/epyc512_2026-12-07c $R/epyc512_2026-12-07d $R/epyc512_2026-12-07e $R/epyc512_2026-12-08 $R/xeon512_2026-12-08"
 for s in 0 1 2 3 4 5; do
   for d in $DIRS; do
     f=$d/ssljax.simsiam_b64_lr1_4ep.s$s

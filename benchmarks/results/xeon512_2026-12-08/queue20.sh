@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Session 2026-12-08 (eighth; no GPU lent; fresh machine: data table re-extracted from
+# Session 2026-12-08 (eighth; no GPU lent; a fresh 2-core Intel Xeon with AVX-512, no avx512_bf16,
+# where seeds 0-3 ran on an AMD EPYC; data table re-extracted from
 # ../shared/data/cifar10-jpg.tar.gz). ssljax - reference on the same weights and inputs was
 # -0.33/-0.60/-0.38/-0.33 on seeds 0-3 (mean -0.41, 1.7 standard errors under the 0.48-point
 # rounding-only noise). Two more paired seeds (4, 5), with queue14.sh's ssljax command and
@@ -24,3 +25,7 @@ for s in 4 5; do
     $COMMON4 $INPUTS --out $O/$n.json > $O/$n.log 2>&1
   log "end $n rc=$?"
 done
+# As run: at 05:08, with ssljax's seed 5 slowed by the session's final checks, the queue's bash
+# was stopped (its ssljax run went on) and seed 5's reference run was started by hand with the
+# command above, side by side with it (the results do not depend on it: both runs keep their
+# thread counts, so their float32 reductions are the same).
