@@ -27,5 +27,6 @@ for s in 4 5; do
 done
 # As run: at 05:08, with ssljax's seed 5 slowed by the session's final checks, the queue's bash
 # was stopped (its ssljax run went on) and seed 5's reference run was started by hand with the
-# command above, side by side with it (the results do not depend on it: both runs keep their
-# thread counts, so their float32 reductions are the same).
+# command above beside it; at 05:25 that reference run (step ~40) was stopped, as the two could
+# not both end within the session. ssljax's seed 5 ran to its end; the reference's seed 5 on its
+# weights and inputs is left to run (it needs only this command, not ssljax's workdir).
